@@ -1,0 +1,187 @@
+"""The ``llama_cpp`` backend: llama.cpp in-process through llama-cpp-python.
+
+Config keys are validated against the real API: constructor knobs are ``llama_cpp.Llama.__init__``'s
+parameters (n_ctx, n_threads, n_batch, n_ubatch, flash_attn, type_k, ...), sampling knobs are
+``Llama.create_completion``'s (temperature, top_k, top_p, repeat_penalty, ...). ``model`` is a GGUF path or the
+name of an embedded variant (``f16``, ``q8_0``, ``q4_k_m``); None means the embedded F16 model.
+
+Requests run one at a time (llama-cpp-python serves one sequence per ``Llama``). Before each request the
+KV cache is reset so no prefix is reused, EOS is suppressed with a logit bias (llama-cpp-python has no
+``ignore_eos``), and each streamed chunk is timestamped. The output token count is read from the engine,
+not from the chunks: after a completion stopped by ``max_tokens`` llama.cpp has evaluated the prompt and
+every sampled token but the last, so ``n_tokens - prompt_tokens + 1`` tokens were generated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.errors import EngineError
+from pytest_llmperf.model import VARIANTS, default_model_path
+from pytest_llmperf.workload import Request, RequestRecord
+
+# Defaults that make measurements repeatable; every one can be overridden in the config.
+_ENGINE_DEFAULTS: dict[str, Any] = {"n_ctx": 2048, "seed": 0, "verbose": False}
+_SAMPLING_DEFAULTS: dict[str, Any] = {"temperature": 0.0}
+# Parameters of create_completion that the runner owns.
+_RUNNER_OWNED = {"self", "prompt", "max_tokens", "stream", "logit_bias", "suffix", "echo", "model", "stop"}
+_EOS_BIAS = -1e9
+
+
+def _parameters(function: Any) -> set[str]:
+    return {
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
+    }
+
+
+def resolve_model(model: str | os.PathLike[str] | None) -> Path:
+    """A model path from a config value: None (embedded F16), an embedded variant name, or a GGUF path."""
+    if model is None:
+        return default_model_path("f16")
+    if isinstance(model, str) and model in VARIANTS:
+        return default_model_path(model)
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise EngineError(
+            f"model file not found: {path} (config key 'model'; give a GGUF path or one of the embedded "
+            f"variants {', '.join(VARIANTS)})"
+        )
+    return path
+
+
+_warmed_up = False
+
+
+def warm_up() -> None:
+    """Load and run a tiny model once, so llama.cpp's one-time costs (code pages, backend init) are paid
+    before the first measured engine; otherwise the first engine of a session shows ~30 MB more host
+    memory than the same engine built later."""
+    global _warmed_up
+    if _warmed_up:
+        return
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(default_model_path("q4_k_m")), n_ctx=256, n_threads=1, verbose=False)
+    try:
+        llm.eval([llm.token_bos(), 300, 301, 302])
+    finally:
+        llm.close()
+    _warmed_up = True
+
+
+class LlamaCppEngine:
+    """A ``llama_cpp.Llama`` measured in-process."""
+
+    backend = "llama_cpp"
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, **knobs: Any) -> None:
+        import llama_cpp
+
+        engine_knobs = _parameters(llama_cpp.Llama.__init__) - {"self", "model_path"}
+        sampling_knobs = _parameters(llama_cpp.Llama.create_completion) - _RUNNER_OWNED
+        unknown = sorted(set(knobs) - engine_knobs - sampling_knobs)
+        if unknown:
+            hints = [
+                f"{name!r} (did you mean {', '.join(repr(m) for m in close)}?)"
+                if (close := difflib.get_close_matches(name, engine_knobs | sampling_knobs, n=2))
+                else repr(name)
+                for name in unknown
+            ]
+            raise EngineError(
+                f"unknown llama_cpp engine knob {', '.join(hints)}; knobs are llama_cpp.Llama() parameters "
+                f"({', '.join(sorted(engine_knobs))}) or create_completion() sampling parameters "
+                f"({', '.join(sorted(sampling_knobs))})"
+            )
+        self.model_path = resolve_model(model)
+        self.engine_config = {**_ENGINE_DEFAULTS, **{k: v for k, v in knobs.items() if k in engine_knobs}}
+        self.sampling = {**_SAMPLING_DEFAULTS, **{k: v for k, v in knobs.items() if k in sampling_knobs}}
+        try:
+            self._llm = llama_cpp.Llama(model_path=str(self.model_path), **self.engine_config)
+        except (ValueError, RuntimeError, TypeError) as error:
+            raise EngineError(f"llama.cpp could not load {self.model_path} with {self.engine_config}: {error}") from None
+        self._eos = self._llm.token_eos()
+        self._bos = self._llm.token_bos()
+        self._prompt_tokens = self._word_tokens(llama_cpp)
+
+    def _word_tokens(self, llama_cpp: Any) -> list[int]:
+        """Ids of NORMAL tokens: random prompts drawn from them are valid text for any vocabulary."""
+        vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        normal = llama_cpp.LLAMA_TOKEN_ATTR_NORMAL
+        tokens = [
+            token
+            for token in range(self._llm.n_vocab())
+            if llama_cpp.llama_vocab_get_attr(vocab, token) & normal and token not in (self._eos, self._bos)
+        ]
+        if not tokens:
+            raise EngineError(f"{self.model_path} has no NORMAL tokens to build prompts from")
+        return tokens
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "model_path": str(self.model_path),
+            "engine_config": {key: value for key, value in self.engine_config.items() if key != "verbose"},
+            "sampling": dict(self.sampling),
+        }
+
+    def make_prompt(self, seed: int, n_tokens: int) -> list[int]:
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        body = rng.choice(self._prompt_tokens, size=n_tokens - 1 if self._bos >= 0 else n_tokens)
+        prefix = [self._bos] if self._bos >= 0 else []
+        return prefix + [int(token) for token in body]
+
+    def tag_prompt(self, text: str, seed: int) -> list[int]:
+        tokens = self._llm.tokenize(f"[request {seed}] {text}".encode(), add_bos=True)
+        return list(tokens)
+
+    def run(
+        self, requests: Sequence[Request], concurrency: int = 1, request_rate: float | None = None, seed: int = 0
+    ) -> list[RequestRecord]:
+        if concurrency != 1 or request_rate is not None:
+            raise EngineError(
+                "the llama_cpp backend runs one request at a time; concurrency and request_rate need a server "
+                "engine"
+            )
+        return [self._run_one(request, seed + index) for index, request in enumerate(requests)]
+
+    def _run_one(self, request: Request, seed: int) -> RequestRecord:
+        prompt = request.prompt if isinstance(request.prompt, list) else self.tag_prompt(request.prompt, seed)
+        n_ctx = self._llm.n_ctx()
+        if len(prompt) + request.max_tokens > n_ctx:
+            raise EngineError(
+                f"{len(prompt)} prompt + {request.max_tokens} generated tokens do not fit n_ctx={n_ctx}; "
+                "raise the engine's n_ctx or shorten the workload"
+            )
+        self._llm.reset()
+        chunk_times: list[float] = []
+        t_send = time.perf_counter()
+        stream = self._llm.create_completion(
+            prompt=prompt,
+            max_tokens=request.max_tokens,
+            stream=True,
+            logit_bias={self._eos: _EOS_BIAS},
+            seed=seed,
+            **self.sampling,
+        )
+        try:
+            for chunk in stream:
+                if chunk["choices"][0]["text"]:  # type: ignore[index]
+                    chunk_times.append(time.perf_counter())
+        except (RuntimeError, ValueError) as error:
+            raise EngineError(f"llama.cpp failed while generating from {self.model_path.name}: {error}") from None
+        t_done = time.perf_counter()
+        output_tokens = self._llm.n_tokens - len(prompt) + 1
+        return RequestRecord(t_send, t_done, len(prompt), output_tokens, chunk_times)
+
+    def close(self) -> None:
+        self._llm.close()

@@ -1,0 +1,15 @@
+"""Errors the plugin raises for bad input: each names the file, option or value at fault."""
+
+from __future__ import annotations
+
+
+class LlmperfError(Exception):
+    """A usage or input error, reported to the user without a deep traceback."""
+
+
+class BaselineError(LlmperfError):
+    """A baseline file that cannot be read or does not follow the schema."""
+
+
+class EngineError(LlmperfError):
+    """An engine that cannot be built or failed while measuring."""

@@ -1,0 +1,91 @@
+"""Engines built once per session per config, and closed at the end."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pytest_llmperf.engines import IN_PROCESS_BACKENDS, Engine, create_engine, warm_up
+
+
+def _config_key(backend: str, config: dict[str, Any]) -> str:
+    return json.dumps([backend, config], sort_keys=True, default=str)
+
+
+def process_rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+class EngineCache:
+    """Builds engines on demand and hands out the same instance for the same backend and config.
+
+    At most one in-process engine is alive at a time: building another closes the previous one first. Two
+    models in one process would each count in the other's host memory (and on a GPU, vLLM needs the card to
+    itself), so memory numbers would depend on which tests ran before.
+    """
+
+    def __init__(self, default_backend: str = "llama_cpp", default_model: str | None = None) -> None:
+        self.default_backend = default_backend
+        self.default_model = default_model
+        self._engines: dict[str, Engine] = {}
+        self._rss_base: dict[int, int] = {}
+
+    def get(self, backend: str | None = None, **config: Any) -> Engine:
+        """The engine of ``backend`` (default: the run's backend) with ``config``; built on first use.
+
+        Without a ``model`` key the run's model (``--llmperf-model``) is used, else the backend's default
+        (for ``llama_cpp``, the embedded tiny model).
+        """
+        backend = backend or self.default_backend
+        if "model" not in config and self.default_model is not None:
+            config["model"] = self.default_model
+        key = _config_key(backend, config)
+        if key not in self._engines:
+            if backend in IN_PROCESS_BACKENDS:
+                self._close(lambda engine: engine.backend in IN_PROCESS_BACKENDS)
+                warm_up(backend)
+                release_freed_memory()
+            rss_before = process_rss_bytes()
+            engine = create_engine(backend, config)
+            self._engines[key] = engine
+            self._rss_base[id(engine)] = rss_before
+        return self._engines[key]
+
+    def rss_base_bytes(self, engine: Engine) -> int | None:
+        """The process's resident memory just before ``engine`` was built (None: not built here)."""
+        return self._rss_base.get(id(engine))
+
+    def _close(self, which: Callable[[Engine], bool]) -> None:
+        for key, engine in list(self._engines.items()):
+            if which(engine):
+                del self._engines[key]
+                self._rss_base.pop(id(engine), None)
+                engine.close()
+                release_freed_memory()
+
+    def close_all(self) -> None:
+        self._close(lambda engine: True)
+
+
+def release_freed_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``), so the next engine's RSS starts clean.
+
+    Without it the next engine reuses pages its predecessor freed, and its host memory reads lower than
+    the same engine built first in a session.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return
+    try:
+        trim = ctypes.CDLL(library).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)

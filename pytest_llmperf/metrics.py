@@ -1,0 +1,108 @@
+"""Metric names, their directions and units, and how they are computed from request records.
+
+Definitions follow vLLM's serving benchmark: throughput is tokens over the wall time from the first send to
+the last completion; TTFT and end-to-end latency are per request; TPOT is ``(e2e - ttft) / (output_tokens - 1)``
+over requests with more than one output token; ITL pools every gap between streamed chunks. Latencies are in
+seconds, memory in GiB.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pytest_llmperf.errors import LlmperfError
+from pytest_llmperf.workload import RequestRecord
+
+Direction = Literal["higher", "lower"]
+Unit = Literal["tok/s", "req/s", "s", "GiB", "score"]
+
+PERCENTILES = (50, 90, 95, 99)
+LATENCY_FAMILIES = ("e2e", "ttft", "tpot", "itl")
+THROUGHPUT_METRICS = ("total_tok_s", "prompt_tok_s", "completion_tok_s", "req_s")
+#: Below this many samples a p99 is mostly the maximum: the report warns.
+MIN_SAMPLES_FOR_P99 = 100
+
+_LATENCY_NAME = re.compile(r"^(e2e|ttft|tpot|itl)_(p50|p90|p95|p99|mean)$")
+_MEMORY_NAME = re.compile(r"^(mem_max_gib|mem_mean_gib|rss_peak_gib|mem_gpu\d+_gib|mem_process_gib)$")
+# lm-eval metrics where lower is better; every other ``task.metric`` is higher-is-better.
+_LOWER_IS_BETTER_ACCURACY = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter"}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a metric name means: which way is better and which unit its values (and tolerances) use."""
+
+    name: str
+    direction: Direction
+    unit: Unit
+
+
+def metric_spec(name: str) -> MetricSpec:
+    """Direction and unit of the metric ``name``; raises for a name the plugin does not know."""
+    if name in THROUGHPUT_METRICS:
+        return MetricSpec(name, "higher", "req/s" if name == "req_s" else "tok/s")
+    if _LATENCY_NAME.match(name) or name == "wall_time_s":
+        return MetricSpec(name, "lower", "s")
+    if _MEMORY_NAME.match(name):
+        return MetricSpec(name, "lower", "GiB")
+    if "." in name:
+        metric = name.rsplit(".", 1)[1].split(",", 1)[0]
+        return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score")
+    raise LlmperfError(
+        f"unknown metric {name!r}: known metrics are {', '.join(all_metric_names())}, "
+        "and '<task>.<metric>' for accuracy"
+    )
+
+
+def all_metric_names() -> list[str]:
+    """Every speed and memory metric the runner can produce (accuracy names depend on the tasks)."""
+    latency = [f"{family}_{stat}" for family in LATENCY_FAMILIES for stat in ("p50", "p90", "p95", "p99", "mean")]
+    return [*THROUGHPUT_METRICS, *latency, "wall_time_s", "rss_peak_gib", "mem_max_gib", "mem_mean_gib"]
+
+
+def latency_stats(family: str, samples: Sequence[float]) -> dict[str, float | None]:
+    """p50/p90/p95/p99/mean of ``samples`` named ``<family>_<stat>``; None for all when there are none."""
+    import numpy as np
+
+    names = [f"{family}_p{p}" for p in PERCENTILES] + [f"{family}_mean"]
+    if not samples:
+        return dict.fromkeys(names, None)
+    values = np.asarray(samples, dtype=float)
+    stats: dict[str, float | None] = {
+        f"{family}_p{p}": float(np.percentile(values, p)) for p in PERCENTILES
+    }
+    stats[f"{family}_mean"] = float(values.mean())
+    return stats
+
+
+def compute_metrics(records: Sequence[RequestRecord]) -> dict[str, float | None]:
+    """All throughput and latency metrics of one repetition's completed requests."""
+    if not records:
+        raise LlmperfError("no request completed, so no metric can be computed")
+    start = min(record.t_send for record in records)
+    end = max(record.t_done for record in records)
+    duration = end - start
+    prompt_tokens = sum(record.prompt_tokens for record in records)
+    output_tokens = sum(record.output_tokens for record in records)
+    metrics: dict[str, float | None] = {
+        "total_tok_s": (prompt_tokens + output_tokens) / duration,
+        "prompt_tok_s": prompt_tokens / duration,
+        "completion_tok_s": output_tokens / duration,
+        "req_s": len(records) / duration,
+        "wall_time_s": duration,
+    }
+    ttft = [record.ttft for record in records if record.ttft is not None]
+    tpot = [
+        (record.e2e - record.ttft) / (record.output_tokens - 1)
+        for record in records
+        if record.ttft is not None and record.output_tokens > 1
+    ]
+    itl = [gap for record in records for gap in record.gaps]
+    metrics.update(latency_stats("e2e", [record.e2e for record in records]))
+    metrics.update(latency_stats("ttft", ttft))
+    metrics.update(latency_stats("tpot", tpot))
+    metrics.update(latency_stats("itl", itl))
+    return metrics

@@ -1,0 +1,248 @@
+"""The embedded default model: a deterministic tiny Llama GGUF the project builds itself.
+
+No model hub is reachable from the machines this plugin must run on, so the default model is written from
+seeded random weights with the ``gguf`` package and quantised with llama.cpp's own quantiser. The file is
+built once per machine into a cache directory and reused; concurrent builders (pytest-xdist workers) are
+serialised with a file lock and every file appears atomically.
+
+The weights are random, so the model's text is gibberish, but its shape is a real Llama and decoding is
+dominated by real matrix work. Output rows of every non-NORMAL token are zeroed so greedy decoding emits
+whole-word tokens (a random head otherwise picks byte tokens, whose chunks never form UTF-8 and stall
+streaming) — see ``NOTES.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from pytest_llmperf.errors import LlmperfError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: Bump when the builder's output changes, so caches built by an older version are not reused.
+BUILDER_VERSION = 1
+
+#: Quantised variants of the embedded model, by the name used in configs and test ids.
+VARIANTS: dict[str, str] = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
+
+_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class TinyLlamaSpec:
+    """Shape of the embedded model. Row widths are multiples of 256 so Q4_K quantises every tensor."""
+
+    n_vocab: int = 4096
+    n_embd: int = 512
+    n_layer: int = 8
+    n_head: int = 8
+    n_head_kv: int = 8
+    n_ff: int = 1536
+    context_length: int = 4096
+    rms_eps: float = 1e-5
+    rope_base: float = 10000.0
+    seed: int = 1234
+
+    @property
+    def n_params(self) -> int:
+        head_dim = self.n_embd // self.n_head
+        kv_dim = head_dim * self.n_head_kv
+        per_layer = 2 * self.n_embd * self.n_embd + 2 * kv_dim * self.n_embd + 3 * self.n_ff * self.n_embd
+        return self.n_layer * (per_layer + 2 * self.n_embd) + 2 * self.n_vocab * self.n_embd + self.n_embd
+
+    def cache_key(self) -> str:
+        text = repr((BUILDER_VERSION, sorted(asdict(self).items())))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+DEFAULT_SPEC = TinyLlamaSpec()
+
+
+def cache_dir() -> Path:
+    """Where built models live: ``$LLMPERF_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-llmperf``."""
+    configured = os.environ.get("LLMPERF_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pytest-llmperf"
+
+
+def vocabulary(n_vocab: int) -> list[str]:
+    """SPM pieces: specials, the 256 byte tokens llama.cpp requires, then ASCII word pieces."""
+    pieces = list(_SPECIAL_TOKENS) + [f"<0x{byte:02X}>" for byte in range(256)]
+    seen = set(pieces)
+
+    def add(piece: str) -> None:
+        if piece not in seen and len(pieces) < n_vocab:
+            seen.add(piece)
+            pieces.append(piece)
+
+    add("\u2581")
+    for char in "".join(chr(code) for code in range(33, 127)):
+        add(char)
+    for first in _ALPHABET:
+        add("\u2581" + first)
+    for first in _ALPHABET:
+        for second in _ALPHABET:
+            add(first + second)
+            add("\u2581" + first + second)
+    # Deterministic three-letter pieces fill the rest.
+    for first in _ALPHABET:
+        for second in _ALPHABET:
+            for third in _ALPHABET:
+                add("\u2581" + first + second + third)
+    if len(pieces) < n_vocab:
+        raise LlmperfError(f"n_vocab={n_vocab} is larger than the tiny vocabulary can fill")
+    return pieces
+
+
+def _token_types(pieces: list[str]) -> list[int]:
+    import gguf
+
+    types = []
+    for index, _piece in enumerate(pieces):
+        if index == 0:
+            types.append(gguf.TokenType.UNKNOWN)
+        elif index < len(_SPECIAL_TOKENS):
+            types.append(gguf.TokenType.CONTROL)
+        elif index < len(_SPECIAL_TOKENS) + 256:
+            types.append(gguf.TokenType.BYTE)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    return [int(t) for t in types]
+
+
+def write_tiny_llama(path: Path, spec: TinyLlamaSpec = DEFAULT_SPEC) -> None:
+    """Write the F16 model described by ``spec`` to ``path`` (not atomic; callers write to a temp path)."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(spec.seed)
+    head_dim = spec.n_embd // spec.n_head
+    kv_dim = head_dim * spec.n_head_kv
+
+    def weight(rows: int, cols: int) -> np.ndarray:
+        # numpy shape is the reverse of ggml's: (out_features, in_features).
+        scale = 1.0 / np.sqrt(cols)
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * scale).astype(np.float16)
+
+    def norm() -> np.ndarray:
+        return np.ones(spec.n_embd, dtype=np.float32)
+
+    pieces = vocabulary(spec.n_vocab)
+    token_types = _token_types(pieces)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("llmperf-tiny-llama")
+    writer.add_context_length(spec.context_length)
+    writer.add_embedding_length(spec.n_embd)
+    writer.add_block_count(spec.n_layer)
+    writer.add_feed_forward_length(spec.n_ff)
+    writer.add_head_count(spec.n_head)
+    writer.add_head_count_kv(spec.n_head_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(spec.rope_base)
+    writer.add_layer_norm_rms_eps(spec.rms_eps)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(pieces)
+    writer.add_token_scores([float(len(piece)) - index * 1e-6 for index, piece in enumerate(pieces)])
+    writer.add_token_types(token_types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(False)
+
+    writer.add_tensor("token_embd.weight", weight(spec.n_vocab, spec.n_embd))
+    for block in range(spec.n_layer):
+        prefix = f"blk.{block}"
+        writer.add_tensor(f"{prefix}.attn_norm.weight", norm())
+        writer.add_tensor(f"{prefix}.attn_q.weight", weight(spec.n_embd, spec.n_embd))
+        writer.add_tensor(f"{prefix}.attn_k.weight", weight(kv_dim, spec.n_embd))
+        writer.add_tensor(f"{prefix}.attn_v.weight", weight(kv_dim, spec.n_embd))
+        writer.add_tensor(f"{prefix}.attn_output.weight", weight(spec.n_embd, spec.n_embd))
+        writer.add_tensor(f"{prefix}.ffn_norm.weight", norm())
+        writer.add_tensor(f"{prefix}.ffn_gate.weight", weight(spec.n_ff, spec.n_embd))
+        writer.add_tensor(f"{prefix}.ffn_up.weight", weight(spec.n_ff, spec.n_embd))
+        writer.add_tensor(f"{prefix}.ffn_down.weight", weight(spec.n_embd, spec.n_ff))
+    writer.add_tensor("output_norm.weight", norm())
+    output = weight(spec.n_vocab, spec.n_embd)
+    output[np.asarray(token_types) != int(gguf.TokenType.NORMAL)] = 0
+    writer.add_tensor("output.weight", output)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def quantize(source: Path, destination: Path, variant: str) -> None:
+    """Quantise ``source`` into ``destination`` with llama.cpp's own quantiser."""
+    import ctypes
+
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + VARIANTS[variant])
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    status = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(destination).encode(), ctypes.byref(params)
+    )
+    if status != 0:
+        raise LlmperfError(f"llama.cpp failed to quantise {source} to {variant} (status {status})")
+
+
+def _build_atomically(target: Path, build: Callable[[Path], None]) -> None:
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        build(temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def default_model_path(variant: str = "f16", spec: TinyLlamaSpec = DEFAULT_SPEC) -> Path:
+    """Path of the embedded model in ``variant`` (f16, q8_0, q4_k_m), building it on first use."""
+    if variant not in VARIANTS:
+        raise LlmperfError(
+            f"unknown embedded model variant {variant!r}; choose one of {', '.join(VARIANTS)}"
+        )
+    from filelock import FileLock
+
+    directory = cache_dir() / "models"
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"llmperf-tiny-llama-{spec.cache_key()}"
+    f16_path = directory / f"{stem}-f16.gguf"
+    target = directory / f"{stem}-{variant}.gguf"
+    if target.exists():
+        return target
+    with FileLock(str(directory / f"{stem}.lock")):
+        if not f16_path.exists():
+            _build_atomically(f16_path, lambda tmp: write_tiny_llama(tmp, spec))
+        if not target.exists():
+            _build_atomically(target, lambda tmp: quantize(f16_path, tmp, variant))
+    return target
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a model file, memoised by path, size and mtime (model files are large)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]

@@ -1,0 +1,332 @@
+"""pytest wiring only: options, ini keys, markers, fixtures, hooks and the terminal summary.
+
+The work is done by the pytest-free core (``runner``, ``check``, ``baseline``, ``compare``, ``report``),
+imported lazily so a project that installs the plugin but measures nothing pays nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_llmperf.errors import LlmperfError
+
+if TYPE_CHECKING:
+    from pytest_llmperf.check import CheckOutcome
+    from pytest_llmperf.engines import Engine
+    from pytest_llmperf.factory import EngineCache
+    from pytest_llmperf.runner import PerfResult
+    from pytest_llmperf.tolerance import ToleranceTable
+    from pytest_llmperf.workload import Workload
+
+#: Metrics checked against the baseline unless the ini key ``llmperf_gate`` or ``measure(gate=...)`` say
+#: otherwise. Every other metric is still measured and available on the result.
+DEFAULT_GATE = ("completion_tok_s", "total_tok_s", "e2e_p99", "ttft_p99", "tpot_p50", "rss_peak_gib")
+
+
+class PytestLlmperfWarning(UserWarning):
+    """A perf check that passed with something to act on (a new baseline, an improvement)."""
+
+
+@dataclass
+class LlmperfSession:
+    """Per-run settings and the outcomes collected for the summary (kept in ``config.stash``)."""
+
+    baseline_dir: Path
+    update: bool
+    strict: bool
+    tolerances: ToleranceTable
+    gate: tuple[str, ...]
+    backend: str
+    model: str | None
+    outcomes: list[CheckOutcome] = field(default_factory=list)
+
+
+session_key = pytest.StashKey[LlmperfSession]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmperf", "LLM inference performance (pytest-llmperf)")
+    group.addoption(
+        "--update-baselines",
+        action="store_true",
+        default=False,
+        help="re-measure the selected perf tests and rewrite their baseline files",
+    )
+    group.addoption("--llmperf-baseline-dir", metavar="DIR", help="baseline directory (ini llmperf_baseline_dir)")
+    group.addoption(
+        "--llmperf-strict",
+        action="store_true",
+        default=None,
+        help="fail instead of skip/warn on a missing or not-comparable baseline (default: on when $CI is set)",
+    )
+    group.addoption("--llmperf-no-strict", action="store_false", dest="llmperf_strict", help="turn strict mode off")
+    group.addoption(
+        "--llmperf-tolerance",
+        action="append",
+        default=[],
+        metavar="METRIC=TOL",
+        help="tolerance for a metric or glob pattern, e.g. 'completion_tok_s=10%%' (repeatable)",
+    )
+    group.addoption("--llmperf-backend", metavar="NAME", help="engine backend for the whole run (ini llmperf_backend)")
+    group.addoption(
+        "--llmperf-model",
+        metavar="MODEL",
+        help="model for engines that name none: a GGUF path or an embedded variant (f16, q8_0, q4_k_m)",
+    )
+    parser.addini("llmperf_baseline_dir", "baseline directory, relative to the rootdir", default="baselines")
+    parser.addini("llmperf_strict", "strict mode: true/false (default: on when $CI is set)", default="")
+    parser.addini("llmperf_tolerances", "lines of 'metric-or-pattern = tolerance'", type="linelist", default=[])
+    parser.addini("llmperf_gate", "metrics checked against the baseline", type="linelist", default=list(DEFAULT_GATE))
+    parser.addini("llmperf_backend", "default engine backend", default="llama_cpp")
+    parser.addini("llmperf_model", "default model for engines that name none", default="")
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _strict(config: pytest.Config) -> bool:
+    option = config.getoption("llmperf_strict")
+    if option is not None:
+        return bool(option)
+    ini = str(config.getini("llmperf_strict"))
+    if ini.strip():
+        if ini.strip().lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise pytest.UsageError(f"ini llmperf_strict: expected true or false, got {ini!r}")
+        return _truthy(ini)
+    return _truthy(os.environ.get("CI", ""))
+
+
+def _build_session(config: pytest.Config) -> LlmperfSession:
+    from pytest_llmperf.metrics import metric_spec
+    from pytest_llmperf.tolerance import DEFAULT_TOLERANCES, ToleranceTable, parse_assignments
+
+    baseline_dir = config.getoption("llmperf_baseline_dir") or config.getini("llmperf_baseline_dir")
+    gate = tuple(config.getini("llmperf_gate"))
+    for name in gate:
+        metric_spec(name)
+    tolerances = ToleranceTable(
+        [
+            ("--llmperf-tolerance", parse_assignments(config.getoption("llmperf_tolerance"), "--llmperf-tolerance")),
+            ("ini llmperf_tolerances", parse_assignments(config.getini("llmperf_tolerances"), "ini llmperf_tolerances")),
+            ("built-in default", DEFAULT_TOLERANCES),
+        ]
+    )
+    return LlmperfSession(
+        baseline_dir=Path(config.rootpath, baseline_dir),
+        update=bool(config.getoption("update_baselines")),
+        strict=_strict(config),
+        tolerances=tolerances,
+        gate=gate,
+        backend=config.getoption("llmperf_backend") or config.getini("llmperf_backend"),
+        model=config.getoption("llmperf_model") or config.getini("llmperf_model") or None,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "perf: a performance test (select with `pytest -m perf`)")
+    config.addinivalue_line(
+        "markers",
+        "perf_tolerance(patterns=None, **metric_tolerances): per-metric tolerances for this test, "
+        "e.g. perf_tolerance(completion_tok_s='10%', e2e_p99='50ms') or perf_tolerance({'*_tok_s': '20%'})",
+    )
+    try:
+        config.stash[session_key] = _build_session(config)
+    except LlmperfError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    session = config.stash.get(session_key, None)
+    if session is None:
+        return None
+    mode = "update" if session.update else "check"
+    return f"llmperf: baselines={session.baseline_dir} mode={mode} strict={session.strict}"
+
+
+@pytest.fixture(scope="session")
+def _llmperf_engines(pytestconfig: pytest.Config) -> Iterator[EngineCache]:
+    from pytest_llmperf.factory import EngineCache
+
+    session = pytestconfig.stash[session_key]
+    cache = EngineCache(session.backend, session.model)
+    yield cache
+    cache.close_all()
+
+
+class EngineFactory:
+    """``engine_factory(backend=None, **config)``: an engine, cached for the session by its config."""
+
+    def __init__(self, cache: EngineCache) -> None:
+        self._cache = cache
+
+    def __call__(self, backend: str | None = None, **config: Any) -> Engine:
+        __tracebackhide__ = True
+        try:
+            return self._cache.get(backend, **config)
+        except LlmperfError as error:
+            pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def engine_factory(_llmperf_engines: EngineCache) -> EngineFactory:
+    """Build engines by backend and config; see the README for the backends and their knobs."""
+    return EngineFactory(_llmperf_engines)
+
+
+def _marker_tolerances(item: pytest.Item) -> dict[str, object]:
+    table: dict[str, object] = {}
+    # Closest marker last, so it wins.
+    for marker in reversed(list(item.iter_markers("perf_tolerance"))):
+        if len(marker.args) > 1 or (marker.args and not isinstance(marker.args[0], Mapping)):
+            raise LlmperfError(
+                f"{item.nodeid}: perf_tolerance takes one mapping of pattern -> tolerance and metric=tolerance "
+                f"keywords, got {marker.args!r}"
+            )
+        if marker.args:
+            table.update(marker.args[0])
+        table.update(marker.kwargs)
+    return table
+
+
+class PerfCheck:
+    """The ``llmperf`` fixture: measure a workload on an engine and check it against this test's baseline."""
+
+    def __init__(self, request: pytest.FixtureRequest, session: LlmperfSession, engines: EngineCache) -> None:
+        self._request = request
+        self._session = session
+        self._engines = engines
+        self._checked = False
+
+    def measure(
+        self,
+        engine: Engine,
+        workload: Workload | None = None,
+        *,
+        gate: Sequence[str] | None = None,
+        tolerances: Mapping[str, object] | None = None,
+    ) -> PerfResult:
+        """Run ``workload`` (default ``Workload()``) on ``engine``, check the gated metrics, return the result.
+
+        A regression fails the test; the result's metrics are also there for plain asserts.
+        """
+        __tracebackhide__ = True
+        from pytest_llmperf.fingerprint import fingerprint
+        from pytest_llmperf.runner import run_workload
+        from pytest_llmperf.workload import Workload
+
+        workload = workload or Workload()
+        try:
+            result = run_workload(engine, workload, self._engines.rss_base_bytes(engine) or 0)
+            gated = {name: result.metrics.get(name) for name in (gate or self._session.gate)}
+            self._check(
+                gated, result.samples, fingerprint(result.engine), workload.to_dict(), tolerances, result.warnings
+            )
+        except LlmperfError as error:
+            pytest.fail(str(error), pytrace=False)
+        return result
+
+    def check(
+        self,
+        metrics: Mapping[str, float | None],
+        *,
+        samples: Mapping[str, list[float]] | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        workload: dict[str, Any] | None = None,
+        tolerances: Mapping[str, object] | None = None,
+        warnings: Sequence[str] = (),
+    ) -> CheckOutcome:
+        """Check already-measured ``metrics`` against this test's baseline (once per test).
+
+        A regression fails the test; a missing or not-comparable baseline warns or skips (strict: fails).
+        """
+        __tracebackhide__ = True
+        try:
+            return self._check(metrics, samples, fingerprint, workload, tolerances, warnings)
+        except LlmperfError as error:
+            pytest.fail(str(error), pytrace=False)
+
+    def _check(
+        self,
+        metrics: Mapping[str, float | None],
+        samples: Mapping[str, list[float]] | None,
+        fingerprint: dict[str, Any] | None,
+        workload: dict[str, Any] | None,
+        tolerances: Mapping[str, object] | None,
+        warnings: Sequence[str],
+    ) -> CheckOutcome:
+        __tracebackhide__ = True
+        from pytest_llmperf.check import Measurement, Status, check_measurement
+
+        if self._checked:
+            raise LlmperfError(
+                f"{self._request.node.nodeid}: llmperf checks one set of metrics per test (one baseline file); "
+                "gather the metrics into one check() or split the test"
+            )
+        self._checked = True
+        node = self._request.node
+        table = self._session.tolerances
+        marker_table = _marker_tolerances(node)
+        if marker_table:
+            table = table.with_layer(f"marker perf_tolerance on {node.nodeid}", marker_table)
+        if tolerances:
+            table = table.with_layer("measure(tolerances=...)", tolerances)
+        measurement = Measurement(
+            test=node.nodeid,
+            metrics=dict(metrics),
+            samples=dict(samples or {}),
+            fingerprint=fingerprint or {},
+            workload=workload or {},
+            warnings=list(warnings),
+        )
+        outcome = check_measurement(measurement, self._session.baseline_dir, table, update=self._session.update)
+        self._session.outcomes.append(outcome)
+        for name, value in metrics.items():
+            node.user_properties.append((f"llmperf.{name}", value))
+        node.user_properties.append(("llmperf.status", outcome.status.value))
+
+        if outcome.status is Status.REGRESSED:
+            pytest.fail(outcome.message, pytrace=False)
+        if outcome.status in (Status.NEW, Status.NOT_COMPARABLE) and self._session.strict:
+            pytest.fail(f"[strict] {outcome.message}", pytrace=False)
+        if outcome.status is Status.NOT_COMPARABLE:
+            pytest.skip(outcome.message)
+        if outcome.status is Status.NEW or outcome.improvements:
+            _warn_at(node, outcome.message)
+        return outcome
+
+
+def _warn_at(node: pytest.Item, message: str) -> None:
+    """Warn with the test's own location (not this plugin's) as the place to look."""
+    filename, lineno, _ = node.location
+    warnings.warn_explicit(PytestLlmperfWarning(message), PytestLlmperfWarning, str(node.config.rootpath / filename),
+                           (lineno or 0) + 1)
+
+
+@pytest.fixture
+def llmperf(request: pytest.FixtureRequest, _llmperf_engines: EngineCache) -> PerfCheck:
+    """Measure a workload on an engine and check it against this test's baseline; see ``PerfCheck``."""
+    return PerfCheck(request, request.config.stash[session_key], _llmperf_engines)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from pytest_llmperf.report import render_notes, render_table
+
+    session = config.stash.get(session_key, None)
+    if session is None or not session.outcomes:
+        return
+    terminalreporter.write_sep("=", "llmperf")
+    for line in render_table(session.outcomes):
+        terminalreporter.write_line(line)
+    notes = render_notes(session.outcomes)
+    if notes:
+        terminalreporter.write_line("")
+        for note in notes:
+            terminalreporter.write_line(note)

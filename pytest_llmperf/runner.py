@@ -1,0 +1,116 @@
+"""Run a workload on an engine: warmup, repetitions of unique requests, metrics per repetition."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from pytest_llmperf.engines import Engine
+from pytest_llmperf.metrics import MIN_SAMPLES_FOR_P99, compute_metrics
+from pytest_llmperf.workload import Request, Workload
+
+_GIB = 1024**3
+
+
+class HostMemorySampler:
+    """Peak resident set size of this process, sampled on a background thread while a block runs."""
+
+    def __init__(self, interval_s: float = 0.02) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while True:
+            self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+            if self._stop.wait(self.interval_s):
+                break
+
+    def __enter__(self) -> HostMemorySampler:
+        self._thread = threading.Thread(target=self._sample, name="llmperf-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+@dataclass
+class PerfResult:
+    """What one measurement produced. Every metric is the median over repetitions.
+
+    Metrics are read as attributes by their baseline names (``result.completion_tok_s``,
+    ``result.e2e_p99``) or from ``result.metrics``; ``result.samples`` has one value per repetition.
+    A metric that could not be measured is None, never 0.
+    """
+
+    metrics: dict[str, float | None]
+    samples: dict[str, list[float]]
+    workload: Workload
+    engine: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> float | None:
+        metrics = self.__dict__.get("metrics")
+        if metrics is not None and name in metrics:
+            return metrics[name]  # type: ignore[no-any-return]
+        raise AttributeError(f"PerfResult has no metric {name!r}; measured: {', '.join(sorted(metrics or ()))}")
+
+
+def _build_requests(engine: Engine, workload: Workload, repetition: int, prompts: list[str]) -> list[Request]:
+    requests = []
+    for index in range(workload.requests):
+        # Distinct seeds for warmup (repetition -1) and every measured request keep every prompt unique.
+        seed = workload.seed * 1_000_003 + (repetition + 1) * 10_007 + index
+        if prompts:
+            prompt = engine.tag_prompt(prompts[(repetition * workload.requests + index) % len(prompts)], seed)
+        else:
+            prompt = engine.make_prompt(seed, workload.n_prompt)
+        requests.append(Request(prompt=prompt, max_tokens=workload.n_predict))
+    return requests
+
+
+def run_workload(engine: Engine, workload: Workload, rss_base_bytes: int = 0) -> PerfResult:
+    """Measure ``workload`` on ``engine``: warmup requests, then ``workload.repetitions`` measured rounds.
+
+    ``rss_peak_gib`` is the process's peak resident memory during a repetition minus ``rss_base_bytes``
+    (the engine factory passes the process's RSS from just before it built the engine, so the metric is
+    the engine's footprint: weights, KV cache and buffers, not what earlier tests imported).
+    """
+    prompts = workload.load_prompts()
+    if workload.warmup:
+        warmup = _build_requests(engine, workload, -1, prompts)[: workload.warmup]
+        engine.run(warmup, concurrency=workload.concurrency, request_rate=workload.request_rate, seed=workload.seed)
+    per_repetition: list[dict[str, float | None]] = []
+    for repetition in range(workload.repetitions):
+        requests = _build_requests(engine, workload, repetition, prompts)
+        with HostMemorySampler() as memory:
+            records = engine.run(
+                requests, concurrency=workload.concurrency, request_rate=workload.request_rate, seed=workload.seed
+            )
+        metrics = compute_metrics(records)
+        metrics["rss_peak_gib"] = max(memory.peak_bytes - rss_base_bytes, 0) / _GIB
+        per_repetition.append(metrics)
+
+    samples: dict[str, list[float]] = {}
+    headline: dict[str, float | None] = {}
+    for name in per_repetition[0]:
+        values = [value for rep in per_repetition if (value := rep[name]) is not None]
+        samples[name] = values
+        headline[name] = statistics.median(values) if values else None
+    warnings = []
+    if workload.requests < MIN_SAMPLES_FOR_P99:
+        warnings.append(
+            f"p99 rests on {workload.requests} requests per repetition (fewer than {MIN_SAMPLES_FOR_P99}): "
+            "it is close to the maximum"
+        )
+    return PerfResult(headline, samples, workload, engine.describe(), warnings)

@@ -1,0 +1,136 @@
+"""Per-metric tolerances: relative (``"5%"``) or absolute (``0.02``, ``"0.5GiB"``, ``"20ms"``).
+
+A tolerance says how much *worse* a metric may get before it counts as a regression; the metric's direction
+(see ``metrics.metric_spec``) decides which way is worse. Tolerances are looked up by metric name through
+glob patterns (``"*_tok_s"``, ``"e2e_*"``), the most specific source winning: a test's marker, then the
+command line, then the ini file, then the built-in defaults below.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from pytest_llmperf.errors import LlmperfError
+from pytest_llmperf.metrics import MetricSpec, all_metric_names, metric_spec
+
+# Wide enough for a shared 2-core machine (README, "Noise and tolerances", has the measured spread),
+# narrow enough that a 2x slowdown fails.
+DEFAULT_TOLERANCES: dict[str, str] = {
+    "*_tok_s": "30%",
+    "req_s": "30%",
+    "wall_time_s": "40%",
+    "e2e_*": "40%",
+    "ttft_*": "50%",
+    "tpot_*": "40%",
+    "itl_*": "60%",
+    "rss_peak_gib": "15%",
+    "mem_*": "10%",
+    "*.*": "0.02",
+}
+
+_UNIT_SCALE: dict[str, tuple[str, float]] = {
+    "s": ("s", 1.0),
+    "ms": ("s", 1e-3),
+    "us": ("s", 1e-6),
+    "gib": ("GiB", 1.0),
+    "mib": ("GiB", 1.0 / 1024),
+    "kib": ("GiB", 1.0 / 1024**2),
+    "gb": ("GiB", 1e9 / 1024**3),
+    "mb": ("GiB", 1e6 / 1024**3),
+}
+_TOLERANCE = re.compile(r"^\s*(?P<number>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>%|[A-Za-z]+)?\s*$")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How much worse a metric may get: a fraction of the baseline, or an amount in the metric's unit."""
+
+    kind: Literal["relative", "absolute"]
+    amount: float
+    text: str
+
+    def allowed(self, baseline: float) -> float:
+        """The largest change in the bad direction that is still within tolerance."""
+        return abs(baseline) * self.amount if self.kind == "relative" else self.amount
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_tolerance(value: object, spec: MetricSpec, source: str) -> Tolerance:
+    """Parse ``value`` as a tolerance for ``spec``; ``source`` names where it came from for errors."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise LlmperfError(f"{source}: tolerance {value!r} for {spec.name} must be a number or a string like '5%'")
+    text = str(value)
+    match = _TOLERANCE.match(text)
+    if match is None:
+        raise LlmperfError(
+            f"{source}: cannot parse tolerance {text!r} for {spec.name}; "
+            "use a percentage ('5%'), a number in the metric's unit, or a number with a unit ('20ms', '0.5GiB')"
+        )
+    number = float(match.group("number"))
+    unit = match.group("unit")
+    if unit == "%":
+        return Tolerance("relative", number / 100.0, text)
+    if unit is None:
+        return Tolerance("absolute", number, text)
+    base_unit, scale = _UNIT_SCALE.get(unit.lower(), ("", 0.0))
+    if base_unit != spec.unit:
+        raise LlmperfError(
+            f"{source}: tolerance {text!r} has unit {unit!r}, which does not fit {spec.name} "
+            f"(measured in {spec.unit}); use a percentage or a number in {spec.unit}"
+        )
+    return Tolerance("absolute", number * scale, text)
+
+
+def _check_pattern(pattern: str, source: str) -> None:
+    if any(ch in pattern for ch in "*?["):
+        if "." in pattern or any(fnmatch.fnmatchcase(name, pattern) for name in all_metric_names()):
+            return
+        raise LlmperfError(f"{source}: tolerance pattern {pattern!r} matches no metric")
+    metric_spec(pattern)  # raises, naming the known metrics, for an unknown name
+
+
+def parse_assignments(lines: Iterable[str], source: str) -> dict[str, str]:
+    """Parse ``metric = tolerance`` lines (ini ``llmperf_tolerances`` and ``--llmperf-tolerance``)."""
+    table: dict[str, str] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise LlmperfError(f"{source}: expected 'metric = tolerance', got {line!r}")
+        table[name.strip()] = value.strip()
+    return table
+
+
+class ToleranceTable:
+    """Ordered layers of ``pattern -> tolerance``; the first layer with a matching pattern wins."""
+
+    def __init__(self, layers: Iterable[tuple[str, Mapping[str, object]]]) -> None:
+        self._layers = [(source, dict(table)) for source, table in layers]
+        for source, table in self._layers:
+            for pattern, value in table.items():
+                _check_pattern(pattern, source)
+                if not any(ch in pattern for ch in "*?["):
+                    parse_tolerance(value, metric_spec(pattern), source)
+
+    def with_layer(self, source: str, table: Mapping[str, object]) -> ToleranceTable:
+        """A table where ``table`` (from ``source``) takes precedence over this one."""
+        return ToleranceTable([(source, table), *self._layers])
+
+    def for_metric(self, name: str) -> Tolerance:
+        spec = metric_spec(name)
+        for source, table in self._layers:
+            # An exact name beats a pattern within one layer; among patterns the longest wins.
+            if name in table:
+                return parse_tolerance(table[name], spec, source)
+            matches = [pattern for pattern in table if fnmatch.fnmatchcase(name, pattern)]
+            if matches:
+                pattern = max(matches, key=len)
+                return parse_tolerance(table[pattern], spec, f"{source} ({pattern})")
+        raise LlmperfError(f"no tolerance is configured for metric {name!r}; add one to llmperf_tolerances")
