@@ -1,0 +1,27 @@
+"""Shared set-up for the project's own tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# In-process pytester runs restore sys.modules afterwards; extension modules cannot be loaded twice in one
+# process, so import the engine stack here, before any inner run, and every inner run shares it.
+import filelock  # noqa: F401
+import llama_cpp  # noqa: F401
+import numpy  # noqa: F401
+import psutil  # noqa: F401
+
+from pytest_llmperf.model import cache_dir
+
+# pytester points HOME at a temporary directory; keep every run on the one model cache of this machine
+# so the embedded model is built once, not once per inner run.
+os.environ.setdefault("LLMPERF_CACHE_DIR", str(cache_dir()))
+
+
+@pytest.fixture(autouse=True)
+def _not_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strict mode follows $CI; tests choose it explicitly instead."""
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)

@@ -1,0 +1,122 @@
+"""Baseline files: safe paths, validation of every field, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_llmperf.baseline import Baseline, MetricRecord, baseline_path, load_baseline, parse_baseline, write_baseline
+from pytest_llmperf.errors import BaselineError
+
+
+def test_path_follows_node_id(tmp_path: Path) -> None:
+    path = baseline_path(tmp_path, "perf_tests/test_decode.py::test_speed[q4_k_m]")
+    assert path == tmp_path / "perf_tests" / "test_decode" / "test_speed[q4_k_m].json"
+    klass = baseline_path(tmp_path, "perf_tests/test_decode.py::TestX::test_speed")
+    assert klass.name == "TestX.test_speed.json"
+
+
+@pytest.mark.parametrize(
+    "nodeid",
+    ["../../etc/passwd.py::test_x", "/abs/test_a.py::test_x", "a/../../b.py::test_x[../../x]", "t.py::test[a/b\\c]"],
+)
+def test_path_never_escapes_the_directory(tmp_path: Path, nodeid: str) -> None:
+    path = baseline_path(tmp_path, nodeid).resolve()
+    assert tmp_path.resolve() in path.parents
+
+
+def test_sanitised_ids_do_not_collide(tmp_path: Path) -> None:
+    assert baseline_path(tmp_path, "t.py::test[a/b]") != baseline_path(tmp_path, "t.py::test[a_b]")
+
+
+def _baseline() -> Baseline:
+    return Baseline("t.py::test", {"completion_tok_s": MetricRecord(100.0, [99.0, 100.0, 101.0])}, {"backend": "x"})
+
+
+def test_round_trip_is_sorted_and_pretty(tmp_path: Path) -> None:
+    path = tmp_path / "b" / "t.json"
+    write_baseline(path, _baseline())
+    text = path.read_text()
+    assert text.startswith('{\n  "fingerprint"')  # sorted keys, indented
+    data = json.loads(text)
+    assert data["schema"] == 1 and data["metrics"]["completion_tok_s"]["direction"] == "higher"
+    loaded = load_baseline(path)
+    assert loaded is not None and loaded.metrics["completion_tok_s"].samples == [99.0, 100.0, 101.0]
+    assert [p.name for p in path.parent.iterdir()] == ["t.json"]  # no temp file left behind
+
+
+def test_failed_write_leaves_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    write_baseline(path, _baseline())
+    before = path.read_text()
+    broken = _baseline()
+    broken.metrics["completion_tok_s"] = MetricRecord(float("nan"))
+    with pytest.raises(ValueError):
+        write_baseline(path, broken)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_missing_file_is_none(tmp_path: Path) -> None:
+    assert load_baseline(tmp_path / "absent.json") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"schema": 1, "test": "t", "metrics": {', "malformed JSON at line 1"),
+        ("[]", "must be a JSON object"),
+        ('{"schema": 7, "test": "t", "metrics": {}}', "schema 7 is not supported"),
+        ('{"schema": 1, "test": "t", "metrics": {"speed": {"value": 1}}}', "unknown metric 'speed'"),
+        ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": "fast"}}}', "a finite number is required"),
+        ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": NaN}}}', "a finite number is required"),
+        ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": -1}}}', "cannot be negative"),
+        ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": 1, "samples": [1, null]}}}', "samples"),
+        ('{"schema": 1, "metrics": {}}', "'test' must be"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(BaselineError) as error:
+        load_baseline(path)
+    assert str(path) in str(error.value)
+    assert message in str(error.value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {"schema": st.just(1), "test": json_values, "metrics": json_values},
+            optional={"fingerprint": json_values, "workload": json_values},
+        ),
+        st.fixed_dictionaries(
+            {
+                "schema": st.just(1),
+                "test": st.just("t"),
+                "metrics": st.dictionaries(
+                    st.sampled_from(["e2e_p99", "completion_tok_s", "x", "a.acc"]),
+                    st.fixed_dictionaries({"value": json_values}, optional={"samples": json_values}),
+                ),
+            }
+        ),
+    )
+)
+def test_loader_fuzz_only_raises_baseline_errors(data: object) -> None:
+    try:
+        parse_baseline(data, Path("fuzz.json"))
+    except BaselineError:
+        pass

@@ -1,0 +1,180 @@
+"""End to end through pytest: the whole life of a baseline, on the real llama.cpp engine.
+
+no baseline -> new (strict: fails) -> --update-baselines writes it -> passes -> slowdown fails naming the
+metric -> --update-baselines accepts -> passes. Plus the errors a user can make.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+PERF_TEST = """
+import pytest
+from pytest_llmperf import Workload
+
+WORKLOAD = Workload(n_prompt=32, n_predict=48, requests=2, warmup=1, repetitions=1)
+
+@pytest.mark.perf
+def test_speed(engine_factory, llmperf):
+    engine = engine_factory("llama_cpp", n_threads=2, n_ctx=256)
+    result = llmperf.measure(engine, WORKLOAD, gate=["completion_tok_s", "e2e_p99"])
+    assert result.completion_tok_s > 0
+"""
+BASELINE = "baselines/test_speed/test_speed.json"
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_speed=PERF_TEST)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(
+        "-m", "perf", "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning", *args
+    )
+
+
+def test_baseline_lifecycle(suite: pytest.Pytester) -> None:
+    # Wide tolerances: this test is about the lifecycle, not about the noise of a shared machine.
+    wide = ("--llmperf-tolerance", "*=90%", "--llmperf-model", "q4_k_m")
+
+    first = run(suite, *wide)
+    first.assert_outcomes(passed=1, warnings=1)
+    first.stdout.fnmatch_lines(["*completion_tok_s*new*", "*no baseline for test_speed.py::test_speed*"])
+    first.stdout.fnmatch_lines(["*record one with: pytest -m perf --update-baselines test_speed.py::test_speed*"])
+    assert not (suite.path / BASELINE).exists()
+
+    strict = run(suite, *wide, "--llmperf-strict")
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["*?strict? no baseline for test_speed.py::test_speed*"])
+
+    update = run(suite, *wide, "--update-baselines")
+    update.assert_outcomes(passed=1)
+    stored = json.loads((suite.path / BASELINE).read_text())
+    assert stored["schema"] == 1 and stored["test"] == "test_speed.py::test_speed"
+    assert set(stored["metrics"]) == {"completion_tok_s", "e2e_p99"}
+    assert stored["fingerprint"]["model"]["file"].endswith("-q4_k_m.gguf")
+    assert stored["fingerprint"]["engine_config"]["n_threads"] == 2
+    assert stored["fingerprint"]["versions"]["llama-cpp-python"]
+
+    run(suite, *wide, "--llmperf-strict").assert_outcomes(passed=1)
+
+    # A baseline far better than this machine can do: the current numbers are a regression.
+    stored["metrics"]["completion_tok_s"]["value"] *= 100
+    stored["metrics"]["e2e_p99"]["value"] /= 100
+    (suite.path / BASELINE).write_text(json.dumps(stored))
+    regressed = run(suite, *wide)
+    regressed.assert_outcomes(failed=1)
+    regressed.stdout.fnmatch_lines(
+        [
+            "*performance regression in test_speed.py::test_speed*",
+            "*completion_tok_s: * -> * (-9*%, tolerance 90%)*",
+            "*e2e_p99: * -> * (+*%, tolerance 90%)*",
+            "*accept them with: pytest -m perf --update-baselines test_speed.py::test_speed*",
+        ]
+    )
+    regressed.stdout.fnmatch_lines(["*completion_tok_s*regressed*"])
+
+    run(suite, *wide, "--update-baselines").assert_outcomes(passed=1)
+    run(suite, *wide).assert_outcomes(passed=1)
+
+
+def test_real_slowdown_fails_and_names_the_change(suite: pytest.Pytester) -> None:
+    """Recorded on Q4_K_M, run on F16: decoding is ~1.8x slower and the model change is listed."""
+    run(suite, "--llmperf-model", "q4_k_m", "--update-baselines").assert_outcomes(passed=1)
+    slower = run(suite, "--llmperf-model", "f16", "--llmperf-tolerance", "completion_tok_s=25%")
+    slower.assert_outcomes(failed=1)
+    slower.stdout.fnmatch_lines(
+        [
+            "*completion_tok_s: * -> * (-*%, tolerance 25%)*",
+            "*changed since the baseline was recorded:*",
+            "*model.file llmperf-tiny-llama-*-q4_k_m.gguf -> llmperf-tiny-llama-*-f16.gguf*",
+        ]
+    )
+
+
+def test_malformed_baseline_fails_naming_the_file(suite: pytest.Pytester) -> None:
+    path = suite.path / BASELINE
+    path.parent.mkdir(parents=True)
+    path.write_text('{"schema": 1, "test": ')
+    result = run(suite, "--llmperf-model", "q4_k_m")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*{path}: malformed JSON at line 1*"])
+    assert "Traceback" not in result.stdout.str()
+    assert path.read_text() == '{"schema": 1, "test": '  # nothing on disk was touched
+
+
+def test_unknown_engine_knob_fails_the_test_clearly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        @pytest.mark.perf
+        def test_knob(engine_factory):
+            engine_factory("llama_cpp", n_thread=2)
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*unknown llama_cpp engine knob 'n_thread' (did you mean 'n_threads'*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_bad_tolerance_option_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = run(pytester, "--llmperf-tolerance", "completion_tok_s=fast")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--llmperf-tolerance: cannot parse tolerance 'fast' for completion_tok_s*"])
+
+
+def test_bad_tolerance_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nllmperf_tolerances =\n    e2e_p99 = 2GiB\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini llmperf_tolerances: tolerance '2GiB' has unit 'GiB'*e2e_p99*"])
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("perf_tolerance(speed='5%')", "*unknown metric 'speed'*"),
+        ("perf_tolerance(e2e_p99='quick')", "*marker perf_tolerance on test_marker.py::test_marker: cannot parse*"),
+        ("perf_tolerance('5%')", "*perf_tolerance takes one mapping*"),
+    ],
+)
+def test_bad_marker_fails_the_test_naming_it(pytester: pytest.Pytester, marker: str, message: str) -> None:
+    pytester.makepyfile(
+        test_marker=f"""
+        import pytest
+        @pytest.mark.perf
+        @pytest.mark.{marker}
+        def test_marker(llmperf):
+            llmperf.check({{"e2e_p99": 0.5}})
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([message])
+
+
+def test_marker_tolerance_overrides_ini(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nllmperf_tolerances =\n    e2e_p99 = 1%\n")
+    pytester.makepyfile(
+        test_marker="""
+        import pytest
+        @pytest.mark.perf
+        @pytest.mark.perf_tolerance({"e2e_*": "50ms"})
+        def test_marker(llmperf):
+            llmperf.check({"e2e_p99": 0.53})
+        """
+    )
+    path = pytester.path / "baselines/test_marker/test_marker.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"schema": 1, "test": "test_marker.py::test_marker",
+                                "metrics": {"e2e_p99": {"value": 0.5}}, "fingerprint": {}}))
+    result = run(pytester)
+    result.assert_outcomes(passed=1)  # +30 ms is inside the marker's 50 ms though outside the ini's 1%
+    result.stdout.fnmatch_lines(["*e2e_p99*0.5*0.53*+6.0*50ms*ok*"])

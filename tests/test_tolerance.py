@@ -1,0 +1,87 @@
+"""Tolerance parsing and direction-aware verdicts (pure core, no engine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_llmperf.baseline import MetricRecord
+from pytest_llmperf.compare import Verdict, judge
+from pytest_llmperf.errors import LlmperfError
+from pytest_llmperf.metrics import metric_spec
+from pytest_llmperf.tolerance import DEFAULT_TOLERANCES, ToleranceTable, parse_assignments, parse_tolerance
+
+
+@pytest.mark.parametrize(
+    ("text", "metric", "kind", "amount"),
+    [
+        ("5%", "completion_tok_s", "relative", 0.05),
+        ("0.02", "arc_easy.acc", "absolute", 0.02),
+        (0.02, "arc_easy.acc", "absolute", 0.02),
+        ("20ms", "e2e_p99", "absolute", 0.020),
+        ("1.5s", "ttft_p50", "absolute", 1.5),
+        ("0.5GiB", "rss_peak_gib", "absolute", 0.5),
+        ("512MiB", "mem_max_gib", "absolute", 0.5),
+    ],
+)
+def test_parse_tolerance(text: object, metric: str, kind: str, amount: float) -> None:
+    tolerance = parse_tolerance(text, metric_spec(metric), "test")
+    assert tolerance.kind == kind
+    assert tolerance.amount == pytest.approx(amount)
+
+
+@pytest.mark.parametrize(
+    ("text", "metric", "message"),
+    [
+        ("fast", "completion_tok_s", "cannot parse tolerance 'fast'"),
+        ("5 %%", "completion_tok_s", "cannot parse"),
+        ("20ms", "completion_tok_s", "does not fit completion_tok_s"),
+        ("1GiB", "e2e_p99", "does not fit e2e_p99"),
+        (True, "e2e_p99", "must be a number"),
+    ],
+)
+def test_bad_tolerance_names_value_and_source(text: object, metric: str, message: str) -> None:
+    with pytest.raises(LlmperfError, match="ini llmperf_tolerances") as error:
+        parse_tolerance(text, metric_spec(metric), "ini llmperf_tolerances")
+    assert message in str(error.value)
+
+
+def test_unknown_metric_and_pattern_are_rejected() -> None:
+    with pytest.raises(LlmperfError, match="unknown metric 'throughput'"):
+        ToleranceTable([("--llmperf-tolerance", {"throughput": "5%"})])
+    with pytest.raises(LlmperfError, match="matches no metric"):
+        ToleranceTable([("--llmperf-tolerance", {"latency_*": "5%"})])
+    with pytest.raises(LlmperfError, match="expected 'metric = tolerance'"):
+        parse_assignments(["completion_tok_s 5%"], "--llmperf-tolerance")
+
+
+def test_most_specific_layer_and_pattern_win() -> None:
+    table = ToleranceTable([("ini", {"*_tok_s": "10%", "completion_tok_s": "7%"}), ("default", DEFAULT_TOLERANCES)])
+    assert table.for_metric("completion_tok_s").text == "7%"
+    assert table.for_metric("prompt_tok_s").text == "10%"
+    assert table.for_metric("e2e_p99").text == DEFAULT_TOLERANCES["e2e_*"]
+    marker = table.with_layer("marker", {"*_tok_s": "50%"})
+    assert marker.for_metric("completion_tok_s").text == "50%"
+
+
+@pytest.mark.parametrize(
+    ("metric", "baseline", "current", "verdict"),
+    [
+        ("completion_tok_s", 100.0, 94.0, Verdict.REGRESSED),  # higher is better: a drop fails
+        ("completion_tok_s", 100.0, 96.0, Verdict.OK),
+        ("completion_tok_s", 100.0, 120.0, Verdict.IMPROVED),  # a rise never fails
+        ("e2e_p99", 1.00, 1.06, Verdict.REGRESSED),  # lower is better: a rise fails
+        ("e2e_p99", 1.00, 0.80, Verdict.IMPROVED),
+        ("e2e_p99", 1.00, 1.04, Verdict.OK),
+    ],
+)
+def test_only_the_bad_direction_fails(metric: str, baseline: float, current: float, verdict: Verdict) -> None:
+    tolerance = parse_tolerance("5%", metric_spec(metric), "test")
+    assert judge(metric, MetricRecord(baseline), current, tolerance).verdict is verdict
+
+
+def test_absolute_tolerance_and_new_and_unavailable() -> None:
+    tolerance = parse_tolerance("0.02", metric_spec("arc_easy.acc"), "test")
+    assert judge("arc_easy.acc", MetricRecord(0.50), 0.47, tolerance).verdict is Verdict.REGRESSED
+    assert judge("arc_easy.acc", MetricRecord(0.50), 0.49, tolerance).verdict is Verdict.OK
+    assert judge("arc_easy.acc", None, 0.49, tolerance).verdict is Verdict.NEW
+    assert judge("arc_easy.acc", MetricRecord(0.5), None, tolerance).verdict is Verdict.UNAVAILABLE
