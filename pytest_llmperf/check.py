@@ -84,9 +84,7 @@ def check_measurement(
             for name, value in measurement.metrics.items()
             if value is not None
         }
-        write_baseline(
-            path, Baseline(measurement.test, measured, measurement.fingerprint, measurement.workload)
-        )
+        write_baseline(path, Baseline(measurement.test, measured, measurement.fingerprint, measurement.workload))
         outcome.status = Status.UPDATED
         outcome.message = f"baseline written: {path}"
         return outcome
@@ -94,8 +92,7 @@ def check_measurement(
     if baseline is None:
         outcome.status = Status.NEW
         outcome.message = (
-            f"no baseline for {measurement.test} (expected {path}); record one with: "
-            f"{accept_command(measurement.test)}"
+            f"no baseline for {measurement.test} (expected {path}); record one with: {accept_command(measurement.test)}"
         )
         return outcome
 
@@ -103,8 +100,7 @@ def check_measurement(
     if current_class != stored_class:
         outcome.status = Status.NOT_COMPARABLE
         outcome.comparisons = [
-            MetricComparison(c.metric, c.baseline, c.current, c.tolerance, Verdict.NOT_COMPARABLE)
-            for c in comparisons
+            MetricComparison(c.metric, c.baseline, c.current, c.tolerance, Verdict.NOT_COMPARABLE) for c in comparisons
         ]
         outcome.message = (
             f"baseline {path} was recorded on hardware {stored_class!r}, this machine is {current_class!r}: "

@@ -71,9 +71,7 @@ def latency_stats(family: str, samples: Sequence[float]) -> dict[str, float | No
     if not samples:
         return dict.fromkeys(names, None)
     values = np.asarray(samples, dtype=float)
-    stats: dict[str, float | None] = {
-        f"{family}_p{p}": float(np.percentile(values, p)) for p in PERCENTILES
-    }
+    stats: dict[str, float | None] = {f"{family}_p{p}": float(np.percentile(values, p)) for p in PERCENTILES}
     stats[f"{family}_mean"] = float(values.mean())
     return stats
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from pytest_llmperf.errors import LlmperfError
 
@@ -131,7 +132,8 @@ def write_tiny_llama(path: Path, spec: TinyLlamaSpec = DEFAULT_SPEC) -> None:
     def weight(rows: int, cols: int) -> np.ndarray:
         # numpy shape is the reverse of ggml's: (out_features, in_features).
         scale = 1.0 / np.sqrt(cols)
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * scale).astype(np.float16)
+        values: np.ndarray = (rng.standard_normal((rows, cols), dtype=np.float32) * scale).astype(np.float16)
+        return values
 
     def norm() -> np.ndarray:
         return np.ones(spec.n_embd, dtype=np.float32)
@@ -193,9 +195,7 @@ def quantize(source: Path, destination: Path, variant: str) -> None:
     ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + VARIANTS[variant])
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
-    status = llama_cpp.llama_model_quantize(
-        str(source).encode(), str(destination).encode(), ctypes.byref(params)
-    )
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), ctypes.byref(params))
     if status != 0:
         raise LlmperfError(f"llama.cpp failed to quantise {source} to {variant} (status {status})")
 
@@ -212,9 +212,7 @@ def _build_atomically(target: Path, build: Callable[[Path], None]) -> None:
 def default_model_path(variant: str = "f16", spec: TinyLlamaSpec = DEFAULT_SPEC) -> Path:
     """Path of the embedded model in ``variant`` (f16, q8_0, q4_k_m), building it on first use."""
     if variant not in VARIANTS:
-        raise LlmperfError(
-            f"unknown embedded model variant {variant!r}; choose one of {', '.join(VARIANTS)}"
-        )
+        raise LlmperfError(f"unknown embedded model variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     from filelock import FileLock
 
     directory = cache_dir() / "models"

@@ -112,10 +112,11 @@ def _build_session(config: pytest.Config) -> LlmperfSession:
     gate = tuple(config.getini("llmperf_gate"))
     for name in gate:
         metric_spec(name)
+    option_source, ini_source = "--llmperf-tolerance", "ini llmperf_tolerances"
     tolerances = ToleranceTable(
         [
-            ("--llmperf-tolerance", parse_assignments(config.getoption("llmperf_tolerance"), "--llmperf-tolerance")),
-            ("ini llmperf_tolerances", parse_assignments(config.getini("llmperf_tolerances"), "ini llmperf_tolerances")),
+            (option_source, parse_assignments(config.getoption("llmperf_tolerance"), option_source)),
+            (ini_source, parse_assignments(config.getini("llmperf_tolerances"), ini_source)),
             ("built-in default", DEFAULT_TOLERANCES),
         ]
     )
@@ -306,8 +307,9 @@ class PerfCheck:
 def _warn_at(node: pytest.Item, message: str) -> None:
     """Warn with the test's own location (not this plugin's) as the place to look."""
     filename, lineno, _ = node.location
-    warnings.warn_explicit(PytestLlmperfWarning(message), PytestLlmperfWarning, str(node.config.rootpath / filename),
-                           (lineno or 0) + 1)
+    warnings.warn_explicit(
+        PytestLlmperfWarning(message), PytestLlmperfWarning, str(node.config.rootpath / filename), (lineno or 0) + 1
+    )
 
 
 @pytest.fixture

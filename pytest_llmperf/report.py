@@ -11,7 +11,7 @@ HEADER = ("test", "metric", "baseline", "current", "delta %", "tolerance", "verd
 
 
 def table_rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for outcome in outcomes:
         for comparison in outcome.comparisons:
             delta = comparison.delta_pct
@@ -41,7 +41,7 @@ def render_table(outcomes: Sequence[CheckOutcome]) -> list[str]:
     def line(row: tuple[str, ...]) -> str:
         cells = [
             cell.rjust(width) if column in numeric else cell.ljust(width)
-            for column, (cell, width) in enumerate(zip(row, widths))
+            for column, (cell, width) in enumerate(zip(row, widths, strict=False))
         ]
         return "  ".join(cells).rstrip()
 

@@ -27,7 +27,7 @@ DEFAULT_TOLERANCES: dict[str, str] = {
     "ttft_*": "50%",
     "tpot_*": "40%",
     "itl_*": "60%",
-    "rss_peak_gib": "15%",
+    "rss_peak_gib": "20%",
     "mem_*": "10%",
     "*.*": "0.02",
 }

@@ -96,4 +96,4 @@ class RequestRecord:
 
     @property
     def gaps(self) -> list[float]:
-        return [later - earlier for earlier, later in zip(self.chunk_times, self.chunk_times[1:])]
+        return [later - earlier for earlier, later in zip(self.chunk_times, self.chunk_times[1:], strict=False)]

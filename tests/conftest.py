@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 # In-process pytester runs restore sys.modules afterwards; extension modules cannot be loaded twice in one
 # process, so import the engine stack here, before any inner run, and every inner run shares it.
 import filelock  # noqa: F401
 import llama_cpp  # noqa: F401
 import numpy  # noqa: F401
 import psutil  # noqa: F401
+import pytest
 
 from pytest_llmperf.model import cache_dir
 

@@ -173,8 +173,16 @@ def test_marker_tolerance_overrides_ini(pytester: pytest.Pytester) -> None:
     )
     path = pytester.path / "baselines/test_marker/test_marker.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"schema": 1, "test": "test_marker.py::test_marker",
-                                "metrics": {"e2e_p99": {"value": 0.5}}, "fingerprint": {}}))
+    path.write_text(
+        json.dumps(
+            {
+                "schema": 1,
+                "test": "test_marker.py::test_marker",
+                "metrics": {"e2e_p99": {"value": 0.5}},
+                "fingerprint": {},
+            }
+        )
+    )
     result = run(pytester)
     result.assert_outcomes(passed=1)  # +30 ms is inside the marker's 50 ms though outside the ini's 1%
     result.stdout.fnmatch_lines(["*e2e_p99*0.5*0.53*+6.0*50ms*ok*"])

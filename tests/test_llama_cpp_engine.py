@@ -64,7 +64,7 @@ def test_unknown_knob_is_named_with_suggestions() -> None:
 
 
 def test_missing_model_file_is_named(tmp_path) -> None:
-    with pytest.raises(EngineError, match="model file not found: .*missing.gguf"):
+    with pytest.raises(EngineError, match=r"model file not found: .*missing\.gguf"):
         create_engine("llama_cpp", {"model": str(tmp_path / "missing.gguf")})
 
 

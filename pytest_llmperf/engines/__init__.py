@@ -37,8 +37,9 @@ class Engine(Protocol):
     def tag_prompt(self, text: str, seed: int) -> list[int] | str:
         """``text`` made unique to ``seed`` (for prompts from a file) without touching its meaning much."""
 
-    def run(self, requests: Sequence[Request], concurrency: int = 1, request_rate: float | None = None,
-            seed: int = 0) -> list[RequestRecord]:
+    def run(
+        self, requests: Sequence[Request], concurrency: int = 1, request_rate: float | None = None, seed: int = 0
+    ) -> list[RequestRecord]:
         """Send ``requests`` (streaming, EOS suppressed) and record each one's timings and token counts."""
 
     def close(self) -> None:

@@ -106,7 +106,9 @@ class LlamaCppEngine:
         try:
             self._llm = llama_cpp.Llama(model_path=str(self.model_path), **self.engine_config)
         except (ValueError, RuntimeError, TypeError) as error:
-            raise EngineError(f"llama.cpp could not load {self.model_path} with {self.engine_config}: {error}") from None
+            raise EngineError(
+                f"llama.cpp could not load {self.model_path} with {self.engine_config}: {error}"
+            ) from None
         self._eos = self._llm.token_eos()
         self._bos = self._llm.token_bos()
         self._prompt_tokens = self._word_tokens(llama_cpp)
@@ -149,8 +151,7 @@ class LlamaCppEngine:
     ) -> list[RequestRecord]:
         if concurrency != 1 or request_rate is not None:
             raise EngineError(
-                "the llama_cpp backend runs one request at a time; concurrency and request_rate need a server "
-                "engine"
+                "the llama_cpp backend runs one request at a time; concurrency and request_rate need a server engine"
             )
         return [self._run_one(request, seed + index) for index, request in enumerate(requests)]
 
@@ -162,7 +163,7 @@ class LlamaCppEngine:
                 f"{len(prompt)} prompt + {request.max_tokens} generated tokens do not fit n_ctx={n_ctx}; "
                 "raise the engine's n_ctx or shorten the workload"
             )
-        self._llm.reset()
+        self._llm.reset()  # type: ignore[no-untyped-call]
         chunk_times: list[float] = []
         t_send = time.perf_counter()
         stream = self._llm.create_completion(
