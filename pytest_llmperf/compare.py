@@ -48,11 +48,12 @@ class MetricComparison:
 
 
 def format_value(value: float | None) -> str:
+    """Four significant digits; one decimal from 100 up; scientific for tiny and huge values."""
     if value is None:
         return "-"
-    if value == 0 or 0.01 <= abs(value) < 1e6:
-        return f"{value:.4g}" if abs(value) < 1 else f"{value:.1f}" if abs(value) >= 100 else f"{value:.3g}"
-    return f"{value:.3e}"
+    if value != 0 and not 0.01 <= abs(value) < 1e6:
+        return f"{value:.3e}"
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}"
 
 
 def judge(name: str, baseline: MetricRecord | None, current: float | None, tolerance: Tolerance) -> MetricComparison:

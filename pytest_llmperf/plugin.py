@@ -6,6 +6,7 @@ imported lazily so a project that installs the plugin but measures nothing pays 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -225,7 +226,8 @@ class PerfCheck:
 
         workload = workload or Workload()
         try:
-            result = run_workload(engine, workload, self._engines.rss_base_bytes(engine) or 0)
+            with _measurement_lock():
+                result = run_workload(engine, workload, self._engines.rss_base_bytes(engine) or 0)
             gated = {name: result.metrics.get(name) for name in (gate or self._session.gate)}
             self._check(
                 gated, result.samples, fingerprint(result.engine), workload.to_dict(), tolerances, result.warnings
@@ -302,6 +304,23 @@ class PerfCheck:
         if outcome.status is Status.NEW or outcome.improvements:
             _warn_at(node, outcome.message)
         return outcome
+
+
+def _measurement_lock() -> contextlib.AbstractContextManager[object]:
+    """Under pytest-xdist, one measurement at a time on this machine.
+
+    Workers measuring at once share the cores (and memory bandwidth): each would see the other's load as a
+    slowdown. Other work (building engines, unmeasured tests) still runs in parallel.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return contextlib.nullcontext()
+    import tempfile
+
+    from filelock import FileLock
+
+    directory = Path(tempfile.gettempdir()) / "pytest-llmperf-locks"
+    directory.mkdir(exist_ok=True)
+    return FileLock(str(directory / "measure.lock"))
 
 
 def _warn_at(node: pytest.Item, message: str) -> None:

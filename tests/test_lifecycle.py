@@ -186,3 +186,26 @@ def test_marker_tolerance_overrides_ini(pytester: pytest.Pytester) -> None:
     result = run(pytester)
     result.assert_outcomes(passed=1)  # +30 ms is inside the marker's 50 ms though outside the ini's 1%
     result.stdout.fnmatch_lines(["*e2e_p99*0.5*0.53*+6.0*50ms*ok*"])
+
+
+def test_xdist_workers_write_and_check_their_baselines(pytester: pytest.Pytester) -> None:
+    """-n 2: measurements are serialised across workers, every file is written whole, the check passes."""
+    pytester.makepyfile(
+        test_pair="""
+        import pytest
+        from pytest_llmperf import Workload
+
+        @pytest.mark.perf
+        @pytest.mark.parametrize("variant", ["q4_k_m", "q8_0"])
+        def test_pair(engine_factory, llmperf, variant):
+            engine = engine_factory("llama_cpp", model=variant, n_threads=1, n_ctx=256)
+            llmperf.measure(engine, Workload(n_prompt=16, n_predict=16, requests=2, repetitions=1),
+                            gate=["completion_tok_s"])
+        """
+    )
+    run(pytester, "-n", "2", "--update-baselines").assert_outcomes(passed=2)
+    files = sorted(p.name for p in (pytester.path / "baselines/test_pair").iterdir())
+    assert files == ["test_pair[q4_k_m].json", "test_pair[q8_0].json"]
+    for name in files:
+        assert json.loads((pytester.path / "baselines/test_pair" / name).read_text())["schema"] == 1
+    run(pytester, "-n", "2", "--llmperf-strict", "--llmperf-tolerance", "*=90%").assert_outcomes(passed=2)
