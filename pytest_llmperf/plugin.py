@@ -46,6 +46,7 @@ class LlmperfSession:
     gate: tuple[str, ...]
     backend: str
     model: str | None
+    report: Path | None = None
     outcomes: list[CheckOutcome] = field(default_factory=list)
 
 
@@ -75,6 +76,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="METRIC=TOL",
         help="tolerance for a metric or glob pattern, e.g. 'completion_tok_s=10%%' (repeatable)",
     )
+    group.addoption(
+        "--llmperf-report",
+        metavar="PATH",
+        help="write a JSON report to PATH and a Markdown report beside it (.md) (ini llmperf_report)",
+    )
     group.addoption("--llmperf-backend", metavar="NAME", help="engine backend for the whole run (ini llmperf_backend)")
     group.addoption(
         "--llmperf-model",
@@ -85,6 +91,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmperf_strict", "strict mode: true/false (default: on when $CI is set)", default="")
     parser.addini("llmperf_tolerances", "lines of 'metric-or-pattern = tolerance'", type="linelist", default=[])
     parser.addini("llmperf_gate", "metrics checked against the baseline", type="linelist", default=list(DEFAULT_GATE))
+    parser.addini("llmperf_report", "JSON report path (Markdown written beside it)", default="")
     parser.addini("llmperf_backend", "default engine backend", default="llama_cpp")
     parser.addini("llmperf_model", "default model for engines that name none", default="")
 
@@ -121,7 +128,9 @@ def _build_session(config: pytest.Config) -> LlmperfSession:
             ("built-in default", DEFAULT_TOLERANCES),
         ]
     )
+    report = config.getoption("llmperf_report") or config.getini("llmperf_report")
     return LlmperfSession(
+        report=Path(config.invocation_params.dir, report) if report else None,
         baseline_dir=Path(config.rootpath, baseline_dir),
         update=bool(config.getoption("update_baselines")),
         strict=_strict(config),
@@ -337,6 +346,37 @@ def llmperf(request: pytest.FixtureRequest, _llmperf_engines: EngineCache) -> Pe
     return PerfCheck(request, request.config.stash[session_key], _llmperf_engines)
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from pytest_llmperf.report import outcome_to_json, write_reports
+
+    config = session.config
+    llmperf_session = config.stash.get(session_key, None)
+    if llmperf_session is None:
+        return
+    if _is_xdist_worker(config):
+        # The controller merges these in pytest_testnodedown.
+        config.workeroutput["llmperf_outcomes"] = [  # type: ignore[attr-defined]
+            outcome_to_json(outcome) for outcome in llmperf_session.outcomes
+        ]
+    elif llmperf_session.outcomes or llmperf_session.report is not None:
+        write_reports(llmperf_session.outcomes, llmperf_session.report)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist: fold a finished worker's outcomes into the controller's session."""
+    from pytest_llmperf.report import outcome_from_json
+
+    llmperf_session = node.config.stash.get(session_key, None)
+    outcomes = getattr(node, "workeroutput", {}).get("llmperf_outcomes", [])
+    if llmperf_session is not None:
+        llmperf_session.outcomes.extend(outcome_from_json(entry) for entry in outcomes)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     from pytest_llmperf.report import render_notes, render_table
 
@@ -344,7 +384,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if session is None or not session.outcomes:
         return
     terminalreporter.write_sep("=", "llmperf")
-    for line in render_table(session.outcomes):
+    for line in render_table(sorted(session.outcomes, key=lambda outcome: outcome.test)):
         terminalreporter.write_line(line)
     notes = render_notes(session.outcomes)
     if notes:

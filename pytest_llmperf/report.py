@@ -1,11 +1,21 @@
-"""The end-of-session table of every checked metric."""
+"""Reports of every checked metric: the end-of-session table, JSON and Markdown.
+
+Outcomes also travel as JSON from pytest-xdist workers to the controller (``outcome_to_json`` and back).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from pytest_llmperf.check import CheckOutcome
-from pytest_llmperf.compare import format_value
+from pytest_llmperf.check import CheckOutcome, Status
+from pytest_llmperf.compare import MetricComparison, Verdict, format_value
+from pytest_llmperf.tolerance import Tolerance
+
+REPORT_SCHEMA = 1
 
 HEADER = ("test", "metric", "baseline", "current", "delta %", "tolerance", "verdict")
 
@@ -62,3 +72,91 @@ def render_notes(outcomes: Sequence[CheckOutcome]) -> list[str]:
     for warning, tests in tests_by_warning.items():
         notes.append(f"warning: {warning} ({len(tests)} test{'s' if len(tests) > 1 else ''}: {', '.join(tests)})")
     return notes
+
+
+def outcome_to_json(outcome: CheckOutcome) -> dict[str, Any]:
+    return {
+        "test": outcome.test,
+        "baseline_path": str(outcome.path),
+        "status": outcome.status.value,
+        "message": outcome.message,
+        "changes": outcome.changes,
+        "warnings": outcome.warnings,
+        "metrics": [
+            {
+                "metric": c.metric,
+                "baseline": c.baseline,
+                "current": c.current,
+                "delta_pct": c.delta_pct,
+                "tolerance": {"kind": c.tolerance.kind, "amount": c.tolerance.amount, "text": c.tolerance.text},
+                "verdict": c.verdict.value,
+            }
+            for c in outcome.comparisons
+        ],
+    }
+
+
+def outcome_from_json(data: dict[str, Any]) -> CheckOutcome:
+    comparisons = [
+        MetricComparison(
+            entry["metric"],
+            entry["baseline"],
+            entry["current"],
+            Tolerance(entry["tolerance"]["kind"], entry["tolerance"]["amount"], entry["tolerance"]["text"]),
+            Verdict(entry["verdict"]),
+        )
+        for entry in data["metrics"]
+    ]
+    return CheckOutcome(
+        data["test"],
+        Path(data["baseline_path"]),
+        Status(data["status"]),
+        comparisons,
+        list(data["changes"]),
+        list(data["warnings"]),
+        data["message"],
+    )
+
+
+def render_json(outcomes: Sequence[CheckOutcome]) -> str:
+    tests = [outcome_to_json(outcome) for outcome in sorted(outcomes, key=lambda o: o.test)]
+    return json.dumps({"schema": REPORT_SCHEMA, "tests": tests}, indent=2, sort_keys=True) + "\n"
+
+
+def render_markdown(outcomes: Sequence[CheckOutcome]) -> str:
+    """A Markdown table (GitHub job summaries render it) plus the notes."""
+    ordered = sorted(outcomes, key=lambda o: o.test)
+    lines = ["## pytest-llmperf", ""]
+    rows = table_rows(ordered)
+    if rows:
+        lines.append("| " + " | ".join(HEADER) + " |")
+        lines.append("|" + "|".join("---" for _ in HEADER) + "|")
+        for row in rows:
+            cells = [cell.replace("|", "\\|") for cell in row]
+            if cells[-1] == Verdict.REGRESSED.value:
+                cells[-1] = "**regressed**"
+            lines.append("| " + " | ".join(cells) + " |")
+    else:
+        lines.append("No perf metric was checked.")
+    notes = render_notes(ordered)
+    if notes:
+        lines += ["", *[f"- {note}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(outcomes: Sequence[CheckOutcome], json_path: Path | None) -> list[Path]:
+    """Write the JSON report (and Markdown beside it, ``.md``) and append Markdown to $GITHUB_STEP_SUMMARY."""
+    written = []
+    markdown = render_markdown(outcomes)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(render_json(outcomes), encoding="utf-8")
+        markdown_path = json_path.with_suffix(".md")
+        markdown_path.write_text(markdown, encoding="utf-8")
+        written += [json_path, markdown_path]
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as stream:
+            stream.write(markdown)
+        written.append(Path(step_summary))
+    return written

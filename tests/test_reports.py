@@ -1,0 +1,73 @@
+"""JSON and Markdown reports, $GITHUB_STEP_SUMMARY, and the summary under pytest-xdist."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+CHECKS = """
+import pytest
+
+@pytest.mark.perf
+@pytest.mark.parametrize("value", [0.5, 0.9])
+def test_latency(llmperf, value):
+    llmperf.check({"e2e_p99": value, "completion_tok_s": 100.0})
+"""
+
+
+def _baseline(pytester: pytest.Pytester, param: str, e2e: float) -> None:
+    path = pytester.path / f"baselines/test_checks/test_latency[{param}].json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = {"e2e_p99": {"value": e2e}, "completion_tok_s": {"value": 100.0}}
+    path.write_text(json.dumps({"schema": 1, "test": f"test_checks.py::test_latency[{param}]", "metrics": metrics}))
+
+
+@pytest.mark.parametrize("workers", [[], ["-p", "no:xdist"], ["-n", "2"]])
+def test_reports_and_summary(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: list[str]) -> None:
+    pytester.makepyfile(test_checks=CHECKS)
+    _baseline(pytester, "0.5", 0.5)  # unchanged: ok
+    _baseline(pytester, "0.9", 0.5)  # +80% against a 40% tolerance: regressed
+    summary = pytester.path / "step_summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = pytester.runpytest("-m", "perf", "-p", "no:cacheprovider", "--llmperf-report", "out/report.json", *workers)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= llmperf =*",
+            "*test_checks.py::test_latency?0.5?*e2e_p99*0.5*0.5*+0.0*40%*ok*",
+            "*test_checks.py::test_latency?0.9?*e2e_p99*0.5*0.9*+80.0*40%*regressed*",
+        ]
+    )
+
+    report = json.loads((pytester.path / "out/report.json").read_text())
+    assert report["schema"] == 1
+    by_test = {entry["test"]: entry for entry in report["tests"]}
+    assert set(by_test) == {"test_checks.py::test_latency[0.5]", "test_checks.py::test_latency[0.9]"}
+    regressed = by_test["test_checks.py::test_latency[0.9]"]
+    assert regressed["status"] == "regressed"
+    e2e = next(m for m in regressed["metrics"] if m["metric"] == "e2e_p99")
+    assert e2e["baseline"] == 0.5 and e2e["current"] == 0.9 and e2e["verdict"] == "regressed"
+    assert e2e["delta_pct"] == pytest.approx(80.0)
+
+    markdown = (pytester.path / "out/report.md").read_text()
+    assert "| test_checks.py::test_latency[0.9] | e2e_p99 | 0.5 | 0.9 | +80.0 | 40% | **regressed** |" in markdown
+    assert summary.read_text() == "earlier step\n" + markdown  # appended, not overwritten
+
+
+def test_junit_properties(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_checks=CHECKS)
+    result = pytester.runpytest(
+        "-m",
+        "perf",
+        "-p",
+        "no:cacheprovider",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        "--junitxml=junit.xml",
+    )
+    result.assert_outcomes(passed=2, warnings=2)
+    xml = (pytester.path / "junit.xml").read_text()
+    assert '<property name="llmperf.e2e_p99" value="0.9"' in xml
+    assert '<property name="llmperf.status" value="new"' in xml
