@@ -40,22 +40,25 @@ def table_rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, ...]]:
     return rows
 
 
+def align(rows: Sequence[tuple[str, ...]], numeric: set[int]) -> list[str]:
+    """Rows as aligned text lines: ``numeric`` columns right-aligned, the others left-aligned."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if column in numeric else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
 def render_table(outcomes: Sequence[CheckOutcome]) -> list[str]:
     """Aligned text lines of the table (header first), or no line when nothing was checked."""
     rows = table_rows(outcomes)
     if not rows:
         return []
-    widths = [max(len(row[column]) for row in [HEADER, *rows]) for column in range(len(HEADER))]
-    numeric = {2, 3, 4}
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = [
-            cell.rjust(width) if column in numeric else cell.ljust(width)
-            for column, (cell, width) in enumerate(zip(row, widths, strict=False))
-        ]
-        return "  ".join(cells).rstrip()
-
-    return [line(HEADER), line(tuple("-" * width for width in widths)), *map(line, rows)]
+    rule = tuple("-" * max(len(row[column]) for row in [HEADER, *rows]) for column in range(len(HEADER)))
+    return align([HEADER, rule, *rows], numeric={2, 3, 4})
 
 
 def render_notes(outcomes: Sequence[CheckOutcome]) -> list[str]:
@@ -160,3 +163,43 @@ def write_reports(outcomes: Sequence[CheckOutcome], json_path: Path | None) -> l
             stream.write(markdown)
         written.append(Path(step_summary))
     return written
+
+
+def load_report_values(path: Path) -> dict[tuple[str, str], float]:
+    """``(test, metric) -> current value`` of a JSON report; raises LlmperfError naming a bad file."""
+    from pytest_llmperf.errors import LlmperfError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("schema") != REPORT_SCHEMA:
+            raise LlmperfError(f"{path}: report schema {data.get('schema')!r} is not {REPORT_SCHEMA}")
+        return {
+            (test["test"], metric["metric"]): float(metric["current"])
+            for test in data["tests"]
+            for metric in test["metrics"]
+            if metric["current"] is not None
+        }
+    except OSError as error:
+        raise LlmperfError(f"cannot read report {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise LlmperfError(f"{path}: not a pytest-llmperf JSON report ({error})") from None
+
+
+def compare_reports(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> list[str]:
+    """A before/after table: per metric both values, after - before, the change in %, better or worse."""
+    from pytest_llmperf.metrics import metric_spec
+
+    header = ("test", "metric", "before", "after", "after-before", "change %", "")
+    rows = []
+    for key in sorted(set(before) | set(after)):
+        test, metric = key
+        old, new = before.get(key), after.get(key)
+        if old is None or new is None:
+            rows.append((test, metric, format_value(old), format_value(new), "-", "-", "only in one"))
+            continue
+        difference = new - old
+        percent = f"{difference / abs(old) * 100:+.1f}" if old else "-"
+        better = difference > 0 if metric_spec(metric).direction == "higher" else difference < 0
+        mark = "" if difference == 0 else "better" if better else "worse"
+        rows.append((test, metric, format_value(old), format_value(new), f"{difference:+.4g}", percent, mark))
+    return align([header, *rows], numeric={2, 3, 4, 5})
