@@ -15,6 +15,7 @@ from typing import Any
 from pytest_llmperf import fingerprint as fingerprints
 from pytest_llmperf.baseline import Baseline, MetricRecord, baseline_path, load_baseline, write_baseline
 from pytest_llmperf.compare import MetricComparison, Verdict, compare
+from pytest_llmperf.errors import BaselineError
 from pytest_llmperf.tolerance import ToleranceTable
 
 
@@ -73,7 +74,12 @@ def check_measurement(
 ) -> CheckOutcome:
     """Compare ``measurement`` with its baseline file, or (``update``) rewrite that file with it."""
     path = baseline_path(baseline_dir, measurement.test)
-    baseline = load_baseline(path)
+    try:
+        baseline = load_baseline(path)
+    except BaselineError:
+        if not update:
+            raise
+        baseline = None  # a broken file is what --update-baselines is there to replace
     changes = fingerprints.diff(baseline.fingerprint, measurement.fingerprint) if baseline else []
     comparisons = compare(measurement.metrics, baseline, tolerances)
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))

@@ -105,6 +105,9 @@ def test_malformed_baseline_fails_naming_the_file(suite: pytest.Pytester) -> Non
     result.stdout.fnmatch_lines([f"*{path}: malformed JSON at line 1*"])
     assert "Traceback" not in result.stdout.str()
     assert path.read_text() == '{"schema": 1, "test": '  # nothing on disk was touched
+    # --update-baselines replaces the broken file.
+    run(suite, "--llmperf-model", "q4_k_m", "--update-baselines").assert_outcomes(passed=1)
+    assert json.loads(path.read_text())["schema"] == 1
 
 
 def test_unknown_engine_knob_fails_the_test_clearly(pytester: pytest.Pytester) -> None:
