@@ -196,3 +196,16 @@ def _lock_path(path: Path) -> Path:
     directory = Path(tempfile.gettempdir()) / "pytest-llmperf-locks"
     directory.mkdir(exist_ok=True)
     return directory / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24] + ".lock")
+
+
+def stale_baselines(expected: set[Path]) -> list[Path]:
+    """Baseline files beside the ``expected`` ones (same test module) that no collected test maps to.
+
+    Only directories of collected modules are looked at, so running a subset of the suite reports nothing
+    about the modules it did not collect.
+    """
+    stale: set[Path] = set()
+    for directory in {path.parent for path in expected}:
+        if directory.is_dir():
+            stale.update(path for path in directory.glob("*.json") if path not in expected)
+    return sorted(stale)

@@ -48,6 +48,7 @@ class LlmperfSession:
     model: str | None
     report: Path | None = None
     outcomes: list[CheckOutcome] = field(default_factory=list)
+    stale: set[Path] = field(default_factory=set)
 
 
 session_key = pytest.StashKey[LlmperfSession]()
@@ -346,6 +347,21 @@ def llmperf(request: pytest.FixtureRequest, _llmperf_engines: EngineCache) -> Pe
     return PerfCheck(request, request.config.stash[session_key], _llmperf_engines)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Before -m/-k deselect anything: baseline files of collected modules that no collected test owns."""
+    from pytest_llmperf.baseline import baseline_path, stale_baselines
+
+    llmperf_session = config.stash.get(session_key, None)
+    if llmperf_session is None:
+        return
+    try:
+        expected = {baseline_path(llmperf_session.baseline_dir, item.nodeid) for item in items if "::" in item.nodeid}
+    except LlmperfError:
+        return  # the test itself reports a node id that cannot have a baseline
+    llmperf_session.stale.update(stale_baselines(expected))
+
+
 def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
@@ -362,6 +378,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.workeroutput["llmperf_outcomes"] = [  # type: ignore[attr-defined]
             outcome_to_json(outcome) for outcome in llmperf_session.outcomes
         ]
+        config.workeroutput["llmperf_stale"] = [str(path) for path in llmperf_session.stale]  # type: ignore[attr-defined]
     elif llmperf_session.outcomes or llmperf_session.report is not None:
         write_reports(llmperf_session.outcomes, llmperf_session.report)
 
@@ -372,16 +389,17 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     from pytest_llmperf.report import outcome_from_json
 
     llmperf_session = node.config.stash.get(session_key, None)
-    outcomes = getattr(node, "workeroutput", {}).get("llmperf_outcomes", [])
+    output = getattr(node, "workeroutput", {})
     if llmperf_session is not None:
-        llmperf_session.outcomes.extend(outcome_from_json(entry) for entry in outcomes)
+        llmperf_session.outcomes.extend(outcome_from_json(entry) for entry in output.get("llmperf_outcomes", []))
+        llmperf_session.stale.update(Path(path) for path in output.get("llmperf_stale", []))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     from pytest_llmperf.report import render_notes, render_table
 
     session = config.stash.get(session_key, None)
-    if session is None or not session.outcomes:
+    if session is None or not (session.outcomes or session.stale):
         return
     terminalreporter.write_sep("=", "llmperf")
     for line in render_table(sorted(session.outcomes, key=lambda outcome: outcome.test)):
@@ -391,3 +409,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line("")
         for note in notes:
             terminalreporter.write_line(note)
+    if session.stale:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(f"stale baseline files (no collected test owns them): {len(session.stale)}")
+        for path in sorted(session.stale):
+            terminalreporter.write_line(f"  {path}")
+        terminalreporter.write_line("remove them with `git rm` once the test they belonged to is really gone")

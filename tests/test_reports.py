@@ -119,3 +119,16 @@ def test_compare_command_names_a_bad_file(tmp_path, capsys) -> None:
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert main(["compare", str(tmp_path / "bad.json"), str(tmp_path / "bad.json")]) == 2
     assert "bad.json: not a pytest-llmperf JSON report" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [["-p", "no:xdist"], ["-n", "2"]])
+def test_stale_baselines_are_listed(pytester: pytest.Pytester, workers: list[str]) -> None:
+    pytester.makepyfile(test_checks=CHECKS)
+    _baseline(pytester, "0.5", 0.5)
+    _baseline(pytester, "0.9", 0.9)
+    stale = pytester.path / "baselines/test_checks/test_renamed.json"
+    stale.write_text("{}")
+    # -k selects one test; the other collected test's file is not stale, the renamed test's file is.
+    result = pytester.runpytest("-m", "perf", "-p", "no:cacheprovider", "-k", "0.5", *workers)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*stale baseline files (no collected test owns them): 1", f"*{stale}"])
