@@ -54,6 +54,12 @@ class LlmperfSession:
 session_key = pytest.StashKey[LlmperfSession]()
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from pytest_llmperf import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmperf", "LLM inference performance (pytest-llmperf)")
     group.addoption(
@@ -285,6 +291,8 @@ class PerfCheck:
             )
         self._checked = True
         node = self._request.node
+        fingerprint = dict(fingerprint or {})
+        node.config.hook.pytest_llmperf_fingerprint(config=node.config, nodeid=node.nodeid, fingerprint=fingerprint)
         table = self._session.tolerances
         marker_table = _marker_tolerances(node)
         if marker_table:
@@ -295,7 +303,7 @@ class PerfCheck:
             test=node.nodeid,
             metrics=dict(metrics),
             samples=dict(samples or {}),
-            fingerprint=fingerprint or {},
+            fingerprint=fingerprint,
             workload=workload or {},
             warnings=list(warnings),
         )
@@ -304,6 +312,7 @@ class PerfCheck:
         for name, value in metrics.items():
             node.user_properties.append((f"llmperf.{name}", value))
         node.user_properties.append(("llmperf.status", outcome.status.value))
+        self._share_with_pytest_benchmark(metrics)
 
         if outcome.status is Status.REGRESSED:
             pytest.fail(outcome.message, pytrace=False)
@@ -314,6 +323,13 @@ class PerfCheck:
         if outcome.status is Status.NEW or outcome.improvements:
             _warn_at(node, outcome.message)
         return outcome
+
+    def _share_with_pytest_benchmark(self, metrics: Mapping[str, float | None]) -> None:
+        """A test that also uses pytest-benchmark's ``benchmark`` fixture gets the metrics in its extra_info,
+        so ``--benchmark-json`` and ``pytest-benchmark compare`` see them."""
+        if "benchmark" in self._request.fixturenames:
+            benchmark = self._request.getfixturevalue("benchmark")
+            benchmark.extra_info.update({f"llmperf.{name}": value for name, value in metrics.items()})
 
 
 def _measurement_lock() -> contextlib.AbstractContextManager[object]:

@@ -132,3 +132,42 @@ def test_stale_baselines_are_listed(pytester: pytest.Pytester, workers: list[str
     result = pytester.runpytest("-m", "perf", "-p", "no:cacheprovider", "-k", "0.5", *workers)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*stale baseline files (no collected test owns them): 1", f"*{stale}"])
+
+
+def test_fingerprint_hook_fields_are_stored_and_attributed(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeconftest(
+        """
+        import os
+        def pytest_llmperf_fingerprint(config, nodeid, fingerprint):
+            fingerprint["cluster"] = os.environ["CLUSTER"]
+        """
+    )
+    pytester.makepyfile(test_checks=CHECKS)
+    args = ("-m", "perf", "-p", "no:cacheprovider", "-k", "0.5")
+    monkeypatch.setenv("CLUSTER", "a100-pool")
+    pytester.runpytest(*args, "--update-baselines").assert_outcomes(passed=1)
+    stored = json.loads((pytester.path / "baselines/test_checks/test_latency[0.5].json").read_text())
+    assert stored["fingerprint"] == {"cluster": "a100-pool"}
+    monkeypatch.setenv("CLUSTER", "h100-pool")
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=1)  # a changed fingerprint alone does not fail
+    result.stdout.fnmatch_lines(["*test_latency?0.5?: changed cluster a100-pool -> h100-pool*"])
+
+
+def test_metrics_reach_pytest_benchmark_extra_info(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_bench="""
+        import pytest
+
+        @pytest.mark.perf
+        def test_both(llmperf, benchmark):
+            benchmark(lambda: None)
+            llmperf.check({"e2e_p99": 0.25})
+        """
+    )
+    result = pytester.runpytest("-m", "perf", "-p", "no:cacheprovider", "--benchmark-json=bench.json")
+    result.assert_outcomes(passed=1)
+    bench = json.loads((pytester.path / "bench.json").read_text())
+    assert bench["benchmarks"][0]["extra_info"] == {"llmperf.e2e_p99": 0.25}
