@@ -81,7 +81,7 @@ def check_measurement(
             raise
         baseline = None  # a broken file is what --update-baselines is there to replace
     changes = fingerprints.diff(baseline.fingerprint, measurement.fingerprint) if baseline else []
-    comparisons = compare(measurement.metrics, baseline, tolerances)
+    comparisons = compare(measurement.metrics, baseline, tolerances, measurement.samples)
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))
 
     if update:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -56,28 +58,58 @@ def format_value(value: float | None) -> str:
     return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}"
 
 
-def judge(name: str, baseline: MetricRecord | None, current: float | None, tolerance: Tolerance) -> MetricComparison:
-    """The verdict of one metric: only a change in the bad direction beyond tolerance is a regression."""
+def _worse_by(name: str, baseline: float, current: float) -> float:
+    """How much worse ``current`` is than ``baseline`` (negative: better), in the metric's unit."""
+    return current - baseline if metric_spec(name).direction == "lower" else baseline - current
+
+
+def _best(name: str, samples: Sequence[float]) -> float:
+    return min(samples) if metric_spec(name).direction == "lower" else max(samples)
+
+
+def judge(
+    name: str,
+    baseline: MetricRecord | None,
+    current: float | None,
+    tolerance: Tolerance,
+    current_samples: Sequence[float] = (),
+) -> MetricComparison:
+    """The verdict of one metric: only a change in the bad direction beyond tolerance is a regression.
+
+    Noise rule: when both sides have per-repetition samples, a change counts only if the median (the headline
+    value) *and* the best repetition moved beyond tolerance in the same direction. Interference on a shared
+    machine slows some repetitions, rarely every one, so the best repetition shrugs it off while a real
+    slowdown moves it too. ``benchmarks/noise.py`` measures the false-alarm and detection rates of this rule.
+    """
     if current is None:
         return MetricComparison(name, baseline.value if baseline else None, None, tolerance, Verdict.UNAVAILABLE)
     if baseline is None:
         return MetricComparison(name, None, current, tolerance, Verdict.NEW)
-    worse_by = current - baseline.value if metric_spec(name).direction == "lower" else baseline.value - current
+    worse_by = _worse_by(name, baseline.value, current)
     allowed = tolerance.allowed(baseline.value)
-    if worse_by > allowed:
-        verdict = Verdict.REGRESSED
-    elif -worse_by > allowed:
-        verdict = Verdict.IMPROVED
-    else:
-        verdict = Verdict.OK
+    if abs(worse_by) <= allowed:
+        return MetricComparison(name, baseline.value, current, tolerance, Verdict.OK)
+    verdict = Verdict.REGRESSED if worse_by > 0 else Verdict.IMPROVED
+    # Samples that do not match the stored value (a hand-edited baseline) say nothing about it.
+    if baseline.samples and current_samples and math.isclose(statistics.median(baseline.samples), baseline.value):
+        best_baseline = _best(name, baseline.samples)
+        best_worse_by = _worse_by(name, best_baseline, _best(name, current_samples))
+        if best_worse_by * worse_by <= 0 or abs(best_worse_by) <= tolerance.allowed(best_baseline):
+            note = "the median moved beyond tolerance but the best repetition did not: within run-to-run noise"
+            return MetricComparison(name, baseline.value, current, tolerance, Verdict.OK, note)
     return MetricComparison(name, baseline.value, current, tolerance, verdict)
 
 
 def compare(
-    current: Mapping[str, float | None], baseline: Baseline | None, tolerances: ToleranceTable
+    current: Mapping[str, float | None],
+    baseline: Baseline | None,
+    tolerances: ToleranceTable,
+    current_samples: Mapping[str, Sequence[float]] | None = None,
 ) -> list[MetricComparison]:
     """Compare every metric in ``current`` with ``baseline`` (None: all new)."""
     stored = baseline.metrics if baseline is not None else {}
+    samples = current_samples or {}
     return [
-        judge(name, stored.get(name), value, tolerances.for_metric(name)) for name, value in sorted(current.items())
+        judge(name, stored.get(name), value, tolerances.for_metric(name), samples.get(name, ()))
+        for name, value in sorted(current.items())
     ]

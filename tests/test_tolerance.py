@@ -85,3 +85,24 @@ def test_absolute_tolerance_and_new_and_unavailable() -> None:
     assert judge("arc_easy.acc", MetricRecord(0.50), 0.49, tolerance).verdict is Verdict.OK
     assert judge("arc_easy.acc", None, 0.49, tolerance).verdict is Verdict.NEW
     assert judge("arc_easy.acc", MetricRecord(0.5), None, tolerance).verdict is Verdict.UNAVAILABLE
+
+
+def test_noise_rule_needs_the_best_repetition_to_move_too() -> None:
+    tolerance = parse_tolerance("5%", metric_spec("completion_tok_s"), "test")
+    baseline = MetricRecord(100.0, [99.0, 100.0, 101.0])
+    # Two of three repetitions hit by a neighbour: the median drops 10%, the best repetition does not.
+    interfered = judge("completion_tok_s", baseline, 90.0, tolerance, [60.0, 90.0, 100.5])
+    assert interfered.verdict is Verdict.OK and "run-to-run noise" in interfered.note
+    # A real slowdown moves every repetition.
+    slower = judge("completion_tok_s", baseline, 90.0, tolerance, [89.0, 90.0, 91.0])
+    assert slower.verdict is Verdict.REGRESSED
+    # Lower-is-better: the best repetition is the smallest.
+    latency = MetricRecord(1.0, [0.99, 1.0, 1.01])
+    assert judge("e2e_p99", latency, 1.2, tolerance, [1.0, 1.2, 1.3]).verdict is Verdict.OK
+    assert judge("e2e_p99", latency, 1.2, tolerance, [1.15, 1.2, 1.3]).verdict is Verdict.REGRESSED
+
+
+def test_hand_edited_value_falls_back_to_the_point_rule() -> None:
+    tolerance = parse_tolerance("5%", metric_spec("completion_tok_s"), "test")
+    edited = MetricRecord(200.0, [99.0, 100.0, 101.0])  # value no longer the median of its samples
+    assert judge("completion_tok_s", edited, 100.0, tolerance, [99.0, 100.0, 101.0]).verdict is Verdict.REGRESSED
