@@ -76,3 +76,24 @@ def test_unknown_backend_is_named() -> None:
 def test_prompt_longer_than_context_is_an_error(engine) -> None:
     with pytest.raises(EngineError, match="do not fit n_ctx=512"):
         engine.run([Request(engine.make_prompt(0, 500), max_tokens=100)])
+
+
+def test_user_logits_processor_runs_and_eos_stays_suppressed() -> None:
+    from llama_cpp import LogitsProcessorList
+
+    calls = []
+
+    def push_eos(input_ids, scores):
+        calls.append(len(input_ids))
+        scores[2] = 1e6  # would end every request at once
+        return scores
+
+    engine = create_engine(
+        "llama_cpp", {"model": "q4_k_m", "n_ctx": 256, "logits_processor": LogitsProcessorList([push_eos])}
+    )
+    try:
+        (record,) = engine.run([Request(engine.make_prompt(0, 16), max_tokens=12)])
+    finally:
+        engine.close()
+    assert len(calls) == 12  # the user's processor saw every token
+    assert record.output_tokens == 12  # and EOS suppression, applied after it, still held

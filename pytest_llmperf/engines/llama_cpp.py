@@ -6,8 +6,8 @@ parameters (n_ctx, n_threads, n_batch, n_ubatch, flash_attn, type_k, ...), sampl
 name of an embedded variant (``f16``, ``q8_0``, ``q4_k_m``); None means the embedded F16 model.
 
 Requests run one at a time (llama-cpp-python serves one sequence per ``Llama``). Before each request the
-KV cache is reset so no prefix is reused, EOS is suppressed with a logit bias (llama-cpp-python has no
-``ignore_eos``), and each streamed chunk is timestamped. The output token count is read from the engine,
+KV cache is reset so no prefix is reused, EOS is suppressed by a logits processor that sets its score to
+-1e9 (llama-cpp-python has no ``ignore_eos``), and each streamed chunk is timestamped. The output token count is read from the engine,
 not from the chunks: after a completion stopped by ``max_tokens`` llama.cpp has evaluated the prompt and
 every sampled token but the last, so ``n_tokens - prompt_tokens + 1`` tokens were generated.
 """
@@ -111,6 +111,13 @@ class LlamaCppEngine:
             ) from None
         self._eos = self._llm.token_eos()
         self._bos = self._llm.token_bos()
+        # EOS is suppressed by a logits processor of our own, not ``logit_bias``: llama-cpp-python 0.3.36 drops
+        # both its logit_bias and a user's ``logits_processor`` when given the two (``list.extend`` returns None).
+        user_processors = list(self.sampling.get("logits_processor") or [])
+        self._sampling_with_eos = {
+            **self.sampling,
+            "logits_processor": llama_cpp.LogitsProcessorList([*user_processors, self._suppress_eos]),
+        }
         self._prompt_tokens = self._word_tokens(llama_cpp)
 
     def _word_tokens(self, llama_cpp: Any) -> list[int]:
@@ -125,6 +132,10 @@ class LlamaCppEngine:
         if not tokens:
             raise EngineError(f"{self.model_path} has no NORMAL tokens to build prompts from")
         return tokens
+
+    def _suppress_eos(self, input_ids: Any, scores: Any) -> Any:
+        scores[self._eos] = _EOS_BIAS
+        return scores
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -167,12 +178,7 @@ class LlamaCppEngine:
         chunk_times: list[float] = []
         t_send = time.perf_counter()
         stream = self._llm.create_completion(
-            prompt=prompt,
-            max_tokens=request.max_tokens,
-            stream=True,
-            logit_bias={self._eos: _EOS_BIAS},
-            seed=seed,
-            **self.sampling,
+            prompt=prompt, max_tokens=request.max_tokens, stream=True, seed=seed, **self._sampling_with_eos
         )
         try:
             for chunk in stream:
