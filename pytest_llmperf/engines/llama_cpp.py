@@ -7,9 +7,10 @@ name of an embedded variant (``f16``, ``q8_0``, ``q4_k_m``); None means the embe
 
 Requests run one at a time (llama-cpp-python serves one sequence per ``Llama``). Before each request the
 KV cache is reset so no prefix is reused, EOS is suppressed by a logits processor that sets its score to
--1e9 (llama-cpp-python has no ``ignore_eos``), and each streamed chunk is timestamped. The output token count is read from the engine,
-not from the chunks: after a completion stopped by ``max_tokens`` llama.cpp has evaluated the prompt and
-every sampled token but the last, so ``n_tokens - prompt_tokens + 1`` tokens were generated.
+-1e9 (llama-cpp-python has no ``ignore_eos``), and each streamed chunk is timestamped. The output token
+count is read from the engine, not from the chunks: after a completion stopped by ``max_tokens`` llama.cpp
+has evaluated the prompt and every sampled token but the last, so ``n_tokens - prompt_tokens + 1`` tokens
+were generated.
 """
 
 from __future__ import annotations
