@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.errors import BaselineError, LlmperfError
+from pytest_llmperf.locks import machine_lock
 from pytest_llmperf.metrics import metric_spec
 
 SCHEMA_VERSION = 1
@@ -171,11 +172,9 @@ def dumps(baseline: Baseline) -> str:
 
 def write_baseline(path: Path, baseline: Baseline) -> None:
     """Write ``baseline`` to ``path`` atomically (temp file, fsync, rename) under a per-file lock."""
-    from filelock import FileLock
-
     text = dumps(baseline)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(_lock_path(path))):
+    with machine_lock(f"baseline:{path.resolve()}"):
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
@@ -186,16 +185,6 @@ def write_baseline(path: Path, baseline: Baseline) -> None:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-
-
-def _lock_path(path: Path) -> Path:
-    """A lock file outside the baseline directory (nothing to commit), one per baseline file.
-
-    It is left in place after use: removing it would race with a writer waiting on it.
-    """
-    directory = Path(tempfile.gettempdir()) / "pytest-llmperf-locks"
-    directory.mkdir(exist_ok=True)
-    return directory / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24] + ".lock")
 
 
 def stale_baselines(expected: set[Path]) -> list[Path]:

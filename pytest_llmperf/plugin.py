@@ -340,13 +340,9 @@ def _measurement_lock() -> contextlib.AbstractContextManager[object]:
     """
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return contextlib.nullcontext()
-    import tempfile
+    from pytest_llmperf.locks import machine_lock
 
-    from filelock import FileLock
-
-    directory = Path(tempfile.gettempdir()) / "pytest-llmperf-locks"
-    directory.mkdir(exist_ok=True)
-    return FileLock(str(directory / "measure.lock"))
+    return machine_lock("measure")
 
 
 def _warn_at(node: pytest.Item, message: str) -> None:
