@@ -374,6 +374,25 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     llmperf_session.stale.update(stale_baselines(expected))
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Bad marker arguments fail the test before anything is measured, naming the marker and the value."""
+    for marker in item.iter_markers("perf"):
+        if marker.args or marker.kwargs:
+            pytest.fail(
+                f"{item.nodeid}: the perf marker takes no arguments, got {marker.args or ''}{marker.kwargs or ''}; "
+                "put tolerances in perf_tolerance(...)",
+                pytrace=False,
+            )
+    session = item.config.stash.get(session_key, None)
+    if session is not None:
+        try:
+            marker_table = _marker_tolerances(item)
+            if marker_table:
+                session.tolerances.with_layer(f"marker perf_tolerance on {item.nodeid}", marker_table)
+        except LlmperfError as error:
+            pytest.fail(str(error), pytrace=False)
+
+
 def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 

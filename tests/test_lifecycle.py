@@ -159,8 +159,37 @@ def test_bad_marker_fails_the_test_naming_it(pytester: pytest.Pytester, marker: 
         """
     )
     result = run(pytester)
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)  # at setup, before anything is measured
     result.stdout.fnmatch_lines([message])
+
+
+def test_perf_marker_takes_no_keywords(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_marker="""
+        import pytest
+        @pytest.mark.perf(tolerance="5%")
+        def test_marker():
+            pass
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*the perf marker takes no arguments, got {'tolerance': '5%'}*"])
+
+
+def test_bad_tolerance_marker_fails_even_without_a_check(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_marker="""
+        import pytest
+        @pytest.mark.perf
+        @pytest.mark.perf_tolerance(throughput="5%")
+        def test_marker():
+            pass
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*unknown metric 'throughput'*"])
 
 
 def test_marker_tolerance_overrides_ini(pytester: pytest.Pytester) -> None:
