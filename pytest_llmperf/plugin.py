@@ -47,6 +47,7 @@ class LlmperfSession:
     backend: str
     model: str | None
     report: Path | None = None
+    prune_stale: bool = False
     outcomes: list[CheckOutcome] = field(default_factory=list)
     stale: set[Path] = field(default_factory=set)
 
@@ -82,6 +83,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="METRIC=TOL",
         help="tolerance for a metric or glob pattern, e.g. 'completion_tok_s=10%%' (repeatable)",
+    )
+    group.addoption(
+        "--llmperf-prune-stale",
+        action="store_true",
+        default=False,
+        help="delete the stale baseline files listed at the end of the session",
     )
     group.addoption(
         "--llmperf-report",
@@ -138,6 +145,7 @@ def _build_session(config: pytest.Config) -> LlmperfSession:
     report = config.getoption("llmperf_report") or config.getini("llmperf_report")
     return LlmperfSession(
         report=Path(config.invocation_params.dir, report) if report else None,
+        prune_stale=bool(config.getoption("llmperf_prune_stale")),
         baseline_dir=Path(config.rootpath, baseline_dir),
         update=bool(config.getoption("update_baselines")),
         strict=_strict(config),
@@ -410,8 +418,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             outcome_to_json(outcome) for outcome in llmperf_session.outcomes
         ]
         config.workeroutput["llmperf_stale"] = [str(path) for path in llmperf_session.stale]  # type: ignore[attr-defined]
-    elif llmperf_session.outcomes or llmperf_session.report is not None:
-        write_reports(llmperf_session.outcomes, llmperf_session.report)
+    else:
+        if llmperf_session.outcomes or llmperf_session.report is not None:
+            write_reports(llmperf_session.outcomes, llmperf_session.report)
+        if llmperf_session.prune_stale:
+            for path in llmperf_session.stale:
+                path.unlink(missing_ok=True)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -445,4 +457,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"stale baseline files (no collected test owns them): {len(session.stale)}")
         for path in sorted(session.stale):
             terminalreporter.write_line(f"  {path}")
-        terminalreporter.write_line("remove them with `git rm` once the test they belonged to is really gone")
+        if session.prune_stale:
+            terminalreporter.write_line("deleted (--llmperf-prune-stale)")
+        else:
+            terminalreporter.write_line("delete them with --llmperf-prune-stale once their tests are really gone")

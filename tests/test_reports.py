@@ -132,6 +132,11 @@ def test_stale_baselines_are_listed(pytester: pytest.Pytester, workers: list[str
     result = pytester.runpytest("-m", "perf", "-p", "no:cacheprovider", "-k", "0.5", *workers)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*stale baseline files (no collected test owns them): 1", f"*{stale}"])
+    assert stale.exists()
+    pruned = pytester.runpytest("-m", "perf", "-p", "no:cacheprovider", "--llmperf-prune-stale", *workers)
+    pruned.stdout.fnmatch_lines(["*deleted (--llmperf-prune-stale)*"])
+    assert not stale.exists()
+    assert len(list((pytester.path / "baselines/test_checks").glob("*.json"))) == 2  # owned files stay
 
 
 def test_fingerprint_hook_fields_are_stored_and_attributed(
