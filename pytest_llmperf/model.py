@@ -50,13 +50,6 @@ class TinyLlamaSpec:
     rope_base: float = 10000.0
     seed: int = 1234
 
-    @property
-    def n_params(self) -> int:
-        head_dim = self.n_embd // self.n_head
-        kv_dim = head_dim * self.n_head_kv
-        per_layer = 2 * self.n_embd * self.n_embd + 2 * kv_dim * self.n_embd + 3 * self.n_ff * self.n_embd
-        return self.n_layer * (per_layer + 2 * self.n_embd) + 2 * self.n_vocab * self.n_embd + self.n_embd
-
     def cache_key(self) -> str:
         text = repr((BUILDER_VERSION, sorted(asdict(self).items())))
         return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -25,7 +25,7 @@ def table_rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, ...]]:
     for outcome in outcomes:
         for comparison in outcome.comparisons:
             delta = comparison.delta_pct
-            verdict = "updated" if outcome.status.value == "updated" else comparison.verdict.value
+            verdict = Status.UPDATED.value if outcome.status is Status.UPDATED else comparison.verdict.value
             rows.append(
                 (
                     outcome.test,
@@ -68,7 +68,7 @@ def render_notes(outcomes: Sequence[CheckOutcome]) -> list[str]:
     for outcome in outcomes:
         for change in outcome.changes:
             notes.append(f"{outcome.test}: changed {change}")
-        if outcome.status.value in ("new", "not comparable") or (outcome.improvements and outcome.message):
+        if outcome.status in (Status.NEW, Status.NOT_COMPARABLE) or (outcome.improvements and outcome.message):
             notes.append(f"{outcome.test}: {outcome.message}")
         for warning in outcome.warnings:
             tests_by_warning.setdefault(warning, []).append(outcome.test)

@@ -163,33 +163,18 @@ def test_bad_marker_fails_the_test_naming_it(pytester: pytest.Pytester, marker: 
     result.stdout.fnmatch_lines([message])
 
 
-def test_perf_marker_takes_no_keywords(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_marker="""
-        import pytest
-        @pytest.mark.perf(tolerance="5%")
-        def test_marker():
-            pass
-        """
-    )
+@pytest.mark.parametrize(
+    ("markers", "message"),
+    [
+        ("@pytest.mark.perf(tolerance='5%')", "*the perf marker takes no arguments, got {'tolerance': '5%'}*"),
+        ("@pytest.mark.perf\n@pytest.mark.perf_tolerance(throughput='5%')", "*unknown metric 'throughput'*"),
+    ],
+)
+def test_bad_marker_errors_even_without_a_check(pytester: pytest.Pytester, markers: str, message: str) -> None:
+    pytester.makepyfile(test_marker=f"import pytest\n{markers}\ndef test_marker():\n    pass\n")
     result = run(pytester)
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*the perf marker takes no arguments, got {'tolerance': '5%'}*"])
-
-
-def test_bad_tolerance_marker_fails_even_without_a_check(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_marker="""
-        import pytest
-        @pytest.mark.perf
-        @pytest.mark.perf_tolerance(throughput="5%")
-        def test_marker():
-            pass
-        """
-    )
-    result = run(pytester)
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*unknown metric 'throughput'*"])
+    result.stdout.fnmatch_lines([message])
 
 
 def test_marker_tolerance_overrides_ini(pytester: pytest.Pytester) -> None:
