@@ -5,7 +5,13 @@ Layout (schema 1)::
     {"schema": 1, "test": "<node id>",
      "metrics": {"<name>": {"value": <float>, "unit": "...", "direction": "higher|lower",
                             "samples": [<one value per repetition>]}},
-     "workload": {...}, "fingerprint": {...}}
+     "workload": {...}, "fingerprint": {...},
+     "other_hardware": {"<hardware class>": {"metrics": {...}, "workload": {...}, "fingerprint": {...}}}}
+
+A file holds one entry per hardware class (``fingerprint.hardware.class``): the first one recorded at the top
+level (so a single-machine file is exactly the SPEC's minimal layout), every further class under
+``other_hardware``, keyed by its class. A CPU laptop and an H100 runner thus keep their own numbers for the same
+test in one file, and ``--update-baselines`` on one machine rewrites only that machine's entry.
 
 Writes go to a temporary file in the same directory, are flushed to disk and renamed over the target, so a
 reader (or an interrupted run) only ever sees the old or the new complete file. A per-file lock serialises
@@ -42,12 +48,16 @@ class MetricRecord:
 
 @dataclass
 class Baseline:
-    """The stored numbers of one test."""
+    """The stored numbers of one test on one hardware class."""
 
     test: str
     metrics: dict[str, MetricRecord]
     fingerprint: dict[str, Any] = field(default_factory=dict)
     workload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hardware_class(self) -> str | None:
+        return hardware_class(self.fingerprint)
 
     def to_json(self) -> dict[str, Any]:
         metrics = {}
@@ -66,6 +76,51 @@ class Baseline:
             "workload": self.workload,
             "fingerprint": self.fingerprint,
         }
+
+
+def hardware_class(fingerprint: dict[str, Any]) -> str | None:
+    """The hardware class recorded in a fingerprint (None when it has none)."""
+    hardware = fingerprint.get("hardware")
+    value = hardware.get("class") if isinstance(hardware, dict) else None
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class BaselineFile:
+    """A test's baseline file: one ``Baseline`` entry per hardware class, the first stored at the top level."""
+
+    test: str
+    entries: list[Baseline]
+
+    def for_hardware(self, hardware: str | None) -> Baseline | None:
+        """The entry recorded on ``hardware``; else one that names no hardware (hand-written), else None."""
+        for wanted in (hardware, None):
+            entry = next((entry for entry in self.entries if entry.hardware_class == wanted), None)
+            if entry is not None:
+                return entry
+        return None
+
+    @property
+    def hardware_classes(self) -> list[str | None]:
+        return [entry.hardware_class for entry in self.entries]
+
+    def with_entry(self, new: Baseline) -> BaselineFile:
+        """A copy where ``new`` replaces the entry of its hardware class (in place), or is added last."""
+        entries = [new if entry.hardware_class == new.hardware_class else entry for entry in self.entries]
+        if new.hardware_class not in self.hardware_classes:
+            entries.append(new)
+        return BaselineFile(new.test, entries)
+
+    def to_json(self) -> dict[str, Any]:
+        first, *others = self.entries
+        data = first.to_json()
+        if others:
+            data["other_hardware"] = {}
+            for entry in others:
+                nested = entry.to_json()
+                del nested["schema"], nested["test"]
+                data["other_hardware"][entry.hardware_class or ""] = nested
+        return data
 
 
 def _safe_part(part: str) -> str:
@@ -99,16 +154,16 @@ def baseline_path(baseline_dir: Path, nodeid: str) -> Path:
     return path
 
 
-def _require(condition: bool, path: Path, message: str) -> None:
+def _require(condition: bool, where: Path | str, message: str) -> None:
     if not condition:
-        raise BaselineError(f"{path}: {message}")
+        raise BaselineError(f"{where}: {message}")
 
 
 def _finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def parse_baseline(data: object, path: Path) -> Baseline:
+def parse_baseline(data: object, path: Path) -> BaselineFile:
     """Validate the decoded JSON of a baseline file; every problem raises a BaselineError naming ``path``."""
     _require(isinstance(data, dict), path, "a baseline must be a JSON object")
     assert isinstance(data, dict)
@@ -120,6 +175,24 @@ def parse_baseline(data: object, path: Path) -> Baseline:
         )
     test = data.get("test")
     _require(isinstance(test, str) and bool(test), path, "'test' must be the test's node id")
+    assert isinstance(test, str)
+    entries = [_parse_entry(data, test, path)]
+    others = data.get("other_hardware", {})
+    _require(isinstance(others, dict), path, "'other_hardware' must be an object of hardware class -> entry")
+    for key, entry_data in others.items():
+        where = f"{path} (other_hardware[{key!r}])"
+        _require(isinstance(entry_data, dict), where, "must be an object with 'metrics' and 'fingerprint'")
+        entry = _parse_entry(entry_data, test, where)
+        _require(entry.hardware_class == key, where, f"its fingerprint's hardware.class is {entry.hardware_class!r}")
+        entries.append(entry)
+    classes = [entry.hardware_class for entry in entries]
+    duplicates = sorted({str(name) for name in classes if classes.count(name) > 1})
+    _require(not duplicates, path, f"hardware class {', '.join(duplicates)} is stored twice")
+    return BaselineFile(test, entries)
+
+
+def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
+    """One hardware class's entry; ``path`` names the file (and the entry, for ``other_hardware``)."""
     raw_metrics = data.get("metrics")
     _require(isinstance(raw_metrics, dict), path, "'metrics' must be an object of metric name -> record")
     assert isinstance(raw_metrics, dict)
@@ -145,10 +218,10 @@ def parse_baseline(data: object, path: Path) -> Baseline:
     _require(isinstance(fingerprint, dict), path, "'fingerprint' must be an object")
     workload = data.get("workload", {})
     _require(isinstance(workload, dict), path, "'workload' must be an object")
-    return Baseline(test=test, metrics=metrics, fingerprint=fingerprint, workload=workload)  # type: ignore[arg-type]
+    return Baseline(test=test, metrics=metrics, fingerprint=fingerprint, workload=workload)
 
 
-def load_baseline(path: Path) -> Baseline | None:
+def load_baseline(path: Path) -> BaselineFile | None:
     """The baseline at ``path``, None when there is no file; a BaselineError when it is unreadable."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -166,25 +239,45 @@ def load_baseline(path: Path) -> Baseline | None:
     return parse_baseline(data, path)
 
 
-def dumps(baseline: Baseline) -> str:
+def dumps(baseline: BaselineFile) -> str:
     return json.dumps(baseline.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def write_baseline(path: Path, baseline: Baseline) -> None:
+def write_baseline(path: Path, baseline: BaselineFile) -> None:
     """Write ``baseline`` to ``path`` atomically (temp file, fsync, rename) under a per-file lock."""
-    text = dumps(baseline)
     path.parent.mkdir(parents=True, exist_ok=True)
     with machine_lock(f"baseline:{path.resolve()}"):
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _replace(path, dumps(baseline))
+
+
+def record_baseline(path: Path, entry: Baseline) -> BaselineFile:
+    """Store ``entry`` in the file at ``path``, replacing the entry of its hardware class and keeping the others.
+
+    Read, merge and write happen under the file's lock, so concurrent writers never lose each other's entries.
+    A malformed file is replaced: that is what re-recording is for.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with machine_lock(f"baseline:{path.resolve()}"):
         try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-                stream.write(text)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+            existing = load_baseline(path)
+        except BaselineError:
+            existing = None
+        updated = existing.with_entry(entry) if existing is not None else BaselineFile(entry.test, [entry])
+        _replace(path, dumps(updated))
+    return updated
+
+
+def _replace(path: Path, text: str) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def stale_baselines(expected: set[Path]) -> list[Path]:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf import fingerprint as fingerprints
-from pytest_llmperf.baseline import Baseline, MetricRecord, baseline_path, load_baseline, write_baseline
+from pytest_llmperf.baseline import (
+    Baseline,
+    MetricRecord,
+    baseline_path,
+    hardware_class,
+    load_baseline,
+    record_baseline,
+)
 from pytest_llmperf.compare import MetricComparison, Verdict, compare
 from pytest_llmperf.errors import BaselineError
 from pytest_llmperf.tolerance import ToleranceTable
@@ -64,22 +71,19 @@ class Measurement:
     warnings: list[str] = field(default_factory=list)
 
 
-def _hardware_class(fingerprint: Mapping[str, Any]) -> object:
-    hardware = fingerprint.get("hardware")
-    return hardware.get("class") if isinstance(hardware, dict) else None
-
-
 def check_measurement(
     measurement: Measurement, baseline_dir: Path, tolerances: ToleranceTable, *, update: bool
 ) -> CheckOutcome:
     """Compare ``measurement`` with its baseline file, or (``update``) rewrite that file with it."""
     path = baseline_path(baseline_dir, measurement.test)
+    current_class = hardware_class(measurement.fingerprint)
     try:
-        baseline = load_baseline(path)
+        stored = load_baseline(path)
     except BaselineError:
         if not update:
             raise
-        baseline = None  # a broken file is what --update-baselines is there to replace
+        stored = None  # a broken file is what --update-baselines is there to replace
+    baseline = stored.for_hardware(current_class) if stored is not None else None
     changes = fingerprints.diff(baseline.fingerprint, measurement.fingerprint) if baseline else []
     comparisons = compare(measurement.metrics, baseline, tolerances, measurement.samples)
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))
@@ -90,27 +94,31 @@ def check_measurement(
             for name, value in measurement.metrics.items()
             if value is not None
         }
-        write_baseline(path, Baseline(measurement.test, measured, measurement.fingerprint, measurement.workload))
+        entry = Baseline(measurement.test, measured, measurement.fingerprint, measurement.workload)
+        written = record_baseline(path, entry)
         outcome.status = Status.UPDATED
-        outcome.message = f"baseline written: {path}"
+        kept = len(written.entries) - 1
+        outcome.message = f"baseline written: {path}" + (
+            f" (entry for {current_class!r}; {kept} other hardware class(es) kept)" if kept else ""
+        )
         return outcome
 
-    if baseline is None:
+    if stored is None:
         outcome.status = Status.NEW
         outcome.message = (
             f"no baseline for {measurement.test} (expected {path}); record one with: {accept_command(measurement.test)}"
         )
         return outcome
 
-    current_class, stored_class = _hardware_class(measurement.fingerprint), _hardware_class(baseline.fingerprint)
-    if current_class != stored_class:
+    if baseline is None:
         outcome.status = Status.NOT_COMPARABLE
         outcome.comparisons = [
-            MetricComparison(c.metric, c.baseline, c.current, c.tolerance, Verdict.NOT_COMPARABLE) for c in comparisons
+            MetricComparison(c.metric, None, c.current, c.tolerance, Verdict.NOT_COMPARABLE) for c in comparisons
         ]
+        recorded = ", ".join(repr(name) for name in stored.hardware_classes)
         outcome.message = (
-            f"baseline {path} was recorded on hardware {stored_class!r}, this machine is {current_class!r}: "
-            f"not comparable; record a baseline here with: {accept_command(measurement.test)}"
+            f"baseline {path} holds numbers for hardware {recorded}; this machine is {current_class!r}: "
+            f"not comparable. Add this machine's numbers beside them with: {accept_command(measurement.test)}"
         )
         return outcome
 

@@ -7,6 +7,7 @@ stay out, so an unchanged setup gives an identical fingerprint and ``diff`` list
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from importlib import metadata
@@ -30,28 +31,52 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict[str, Any]:
+    """The CPU part of pytest-benchmark's ``machine_info`` (py-cpuinfo), reduced to its stable fields.
+
+    pytest-benchmark's own call is reused so both plugins name a CPU the same way; clock speeds, cache sizes
+    and flags are left out (they drift or say nothing the model name does not). Cached: py-cpuinfo takes
+    about a second.
+    """
+    info: dict[str, Any] = {}
+    try:
+        from pytest_benchmark.plugin import get_cpu_info
+
+        info = get_cpu_info()  # type: ignore[no-untyped-call]
+    except Exception:  # py-cpuinfo fails on exotic platforms; /proc/cpuinfo is the fallback
+        info = {}
+    model = info.get("brand_raw") or _proc_cpuinfo_model() or platform.processor() or platform.machine()
+    return {
+        "cpu": str(model),
+        "cpu_count": int(info.get("count") or os.cpu_count() or 0),
+        "arch": str(info.get("arch") or platform.machine()),
+    }
+
+
+def _proc_cpuinfo_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
 def hardware() -> dict[str, Any]:
     """The hardware class: what must match for numbers to be comparable."""
-    model = cpu_model()
-    cores = os.cpu_count() or 0
+    cpu = cpu_info()
     return {
-        "class": f"cpu:{model}:{cores}",
-        "cpu": model,
-        "cpu_count": cores,
-        "machine": platform.machine(),
+        "class": f"cpu:{cpu['cpu']}:{cpu['cpu_count']}",
+        **cpu,
         "system": platform.system(),
     }
+
+
+def environment() -> dict[str, Any]:
+    """The part of every fingerprint that describes this machine: library versions and hardware class."""
+    return {"versions": library_versions(), "hardware": hardware()}
 
 
 def fingerprint(engine_description: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +86,7 @@ def fingerprint(engine_description: dict[str, Any]) -> dict[str, Any]:
     if model_path is not None:
         path = Path(model_path)
         description["model"] = {"file": path.name, "sha256": file_sha256(path)}
-    return {**description, "versions": library_versions(), "hardware": hardware()}
+    return {**description, **environment()}
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -272,11 +272,15 @@ class PerfCheck:
     ) -> CheckOutcome:
         """Check already-measured ``metrics`` against this test's baseline (once per test).
 
+        The fingerprint holds this machine's library versions and hardware class, updated with ``fingerprint``.
         A regression fails the test; a missing or not-comparable baseline warns or skips (strict: fails).
         """
         __tracebackhide__ = True
+        from pytest_llmperf.fingerprint import environment
+
         try:
-            return self._check(metrics, samples, fingerprint, workload, tolerances, warnings)
+            merged = {**environment(), **(fingerprint or {})}
+            return self._check(metrics, samples, merged, workload, tolerances, warnings)
         except LlmperfError as error:
             pytest.fail(str(error), pytrace=False)
 

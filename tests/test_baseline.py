@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmperf.baseline import Baseline, MetricRecord, baseline_path, load_baseline, parse_baseline, write_baseline
+from pytest_llmperf.baseline import (
+    Baseline,
+    BaselineFile,
+    MetricRecord,
+    baseline_path,
+    load_baseline,
+    parse_baseline,
+    record_baseline,
+    write_baseline,
+)
 from pytest_llmperf.errors import BaselineError
 
 
@@ -34,8 +43,13 @@ def test_sanitised_ids_do_not_collide(tmp_path: Path) -> None:
     assert baseline_path(tmp_path, "t.py::test[a/b]") != baseline_path(tmp_path, "t.py::test[a_b]")
 
 
-def _baseline() -> Baseline:
-    return Baseline("t.py::test", {"completion_tok_s": MetricRecord(100.0, [99.0, 100.0, 101.0])}, {"backend": "x"})
+def _entry(hardware: str = "cpu:A:2", value: float = 100.0) -> Baseline:
+    fingerprint = {"backend": "x", "hardware": {"class": hardware}}
+    return Baseline("t.py::test", {"completion_tok_s": MetricRecord(value, [value - 1, value, value + 1])}, fingerprint)
+
+
+def _baseline() -> BaselineFile:
+    return BaselineFile("t.py::test", [_entry()])
 
 
 def test_round_trip_is_sorted_and_pretty(tmp_path: Path) -> None:
@@ -46,7 +60,7 @@ def test_round_trip_is_sorted_and_pretty(tmp_path: Path) -> None:
     data = json.loads(text)
     assert data["schema"] == 1 and data["metrics"]["completion_tok_s"]["direction"] == "higher"
     loaded = load_baseline(path)
-    assert loaded is not None and loaded.metrics["completion_tok_s"].samples == [99.0, 100.0, 101.0]
+    assert loaded is not None and loaded.entries[0].metrics["completion_tok_s"].samples == [99.0, 100.0, 101.0]
     assert [p.name for p in path.parent.iterdir()] == ["t.json"]  # no temp file left behind
 
 
@@ -55,11 +69,33 @@ def test_failed_write_leaves_old_file(tmp_path: Path) -> None:
     write_baseline(path, _baseline())
     before = path.read_text()
     broken = _baseline()
-    broken.metrics["completion_tok_s"] = MetricRecord(float("nan"))
+    broken.entries[0].metrics["completion_tok_s"] = MetricRecord(float("nan"))
     with pytest.raises(ValueError):
         write_baseline(path, broken)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_hardware_classes_live_side_by_side_in_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    record_baseline(path, _entry("cpu:A:2", 100.0))
+    record_baseline(path, _entry("gpu:H100x1", 900.0))
+    record_baseline(path, _entry("cpu:A:2", 110.0))  # re-recording one class keeps the other
+    data = json.loads(path.read_text())
+    assert data["metrics"]["completion_tok_s"]["value"] == 110.0  # the first class stays at the top level
+    assert list(data["other_hardware"]) == ["gpu:H100x1"]
+    loaded = load_baseline(path)
+    assert loaded is not None and loaded.hardware_classes == ["cpu:A:2", "gpu:H100x1"]
+    entry = loaded.for_hardware("gpu:H100x1")
+    assert entry is not None and entry.metrics["completion_tok_s"].value == 900.0
+    assert loaded.for_hardware("cpu:B:8") is None
+
+
+def test_record_replaces_a_malformed_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    path.write_text("{not json")
+    record_baseline(path, _entry())
+    assert load_baseline(path) == _baseline()
 
 
 def test_missing_file_is_none(tmp_path: Path) -> None:
@@ -78,6 +114,21 @@ def test_missing_file_is_none(tmp_path: Path) -> None:
         ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": -1}}}', "cannot be negative"),
         ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": 1, "samples": [1, null]}}}', "samples"),
         ('{"schema": 1, "metrics": {}}', "'test' must be"),
+        ('{"schema": 1, "test": "t", "metrics": {}, "other_hardware": []}', "'other_hardware' must be"),
+        (
+            '{"schema": 1, "test": "t", "metrics": {}, "other_hardware": {"gpu:X": {"metrics": {}}}}',
+            "(other_hardware['gpu:X']): its fingerprint's hardware.class is None",
+        ),
+        (
+            '{"schema": 1, "test": "t", "metrics": {}, "other_hardware": {"gpu:X": '
+            '{"metrics": {"e2e_p99": {"value": -2}}, "fingerprint": {"hardware": {"class": "gpu:X"}}}}}',
+            "(other_hardware['gpu:X']): metric 'e2e_p99' cannot be negative",
+        ),
+        (
+            '{"schema": 1, "test": "t", "metrics": {}, "fingerprint": {"hardware": {"class": "gpu:X"}}, '
+            '"other_hardware": {"gpu:X": {"metrics": {}, "fingerprint": {"hardware": {"class": "gpu:X"}}}}}',
+            "hardware class gpu:X is stored twice",
+        ),
     ],
 )
 def test_bad_files_name_the_file(tmp_path: Path, content: str, message: str) -> None:
@@ -102,7 +153,7 @@ json_values = st.recursive(
         json_values,
         st.fixed_dictionaries(
             {"schema": st.just(1), "test": json_values, "metrics": json_values},
-            optional={"fingerprint": json_values, "workload": json_values},
+            optional={"fingerprint": json_values, "workload": json_values, "other_hardware": json_values},
         ),
         st.fixed_dictionaries(
             {

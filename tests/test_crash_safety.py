@@ -34,7 +34,7 @@ def _values(directory: Path) -> list[float]:
     for path in sorted(directory.glob("*.json")):
         baseline = load_baseline(path)  # raises on a torn or partial file
         assert baseline is not None
-        values.append(baseline.metrics["e2e_p99"].value)
+        values.append(baseline.entries[0].metrics["e2e_p99"].value)
     return values
 
 

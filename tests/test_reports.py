@@ -154,7 +154,7 @@ def test_fingerprint_hook_fields_are_stored_and_attributed(
     monkeypatch.setenv("CLUSTER", "a100-pool")
     pytester.runpytest(*args, "--update-baselines").assert_outcomes(passed=1)
     stored = json.loads((pytester.path / "baselines/test_checks/test_latency[0.5].json").read_text())
-    assert stored["fingerprint"] == {"cluster": "a100-pool"}
+    assert stored["fingerprint"]["cluster"] == "a100-pool"
     monkeypatch.setenv("CLUSTER", "h100-pool")
     result = pytester.runpytest(*args)
     result.assert_outcomes(passed=1)  # a changed fingerprint alone does not fail
