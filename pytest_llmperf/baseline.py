@@ -44,6 +44,7 @@ class MetricRecord:
 
     value: float
     samples: list[float] = field(default_factory=list)
+    stderr: float | None = None  # accuracy metrics: lm-eval's standard error of the score
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Baseline:
                 "direction": spec.direction,
                 "samples": record.samples,
             }
+            if record.stderr is not None:
+                metrics[name]["stderr"] = record.stderr
         return {
             "schema": SCHEMA_VERSION,
             "test": self.test,
@@ -213,7 +216,15 @@ def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
         )
         if spec.unit != "score":
             _require(value >= 0 and all(s >= 0 for s in samples), path, f"metric {name!r} cannot be negative")
-        metrics[name] = MetricRecord(float(value), [float(sample) for sample in samples])
+        stderr = record.get("stderr")
+        _require(
+            stderr is None or (_finite_number(stderr) and stderr >= 0),
+            path,
+            f"metric {name!r} has stderr {stderr!r}; a finite number >= 0 is required",
+        )
+        metrics[name] = MetricRecord(
+            float(value), [float(sample) for sample in samples], None if stderr is None else float(stderr)
+        )
     fingerprint = data.get("fingerprint", {})
     _require(isinstance(fingerprint, dict), path, "'fingerprint' must be an object")
     workload = data.get("workload", {})

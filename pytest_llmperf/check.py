@@ -69,6 +69,7 @@ class Measurement:
     fingerprint: dict[str, Any]
     workload: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    stderr: Mapping[str, float | None] = field(default_factory=dict)
 
 
 def check_measurement(
@@ -85,12 +86,12 @@ def check_measurement(
         stored = None  # a broken file is what --update-baselines is there to replace
     baseline = stored.for_hardware(current_class) if stored is not None else None
     changes = fingerprints.diff(baseline.fingerprint, measurement.fingerprint) if baseline else []
-    comparisons = compare(measurement.metrics, baseline, tolerances, measurement.samples)
+    comparisons = compare(measurement.metrics, baseline, tolerances, measurement.samples, measurement.stderr)
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))
 
     if update:
         measured = {
-            name: MetricRecord(value, list(measurement.samples.get(name, [value])))
+            name: MetricRecord(value, list(measurement.samples.get(name, [value])), measurement.stderr.get(name))
             for name, value in measurement.metrics.items()
             if value is not None
         }

@@ -73,6 +73,7 @@ def judge(
     current: float | None,
     tolerance: Tolerance,
     current_samples: Sequence[float] = (),
+    current_stderr: float | None = None,
 ) -> MetricComparison:
     """The verdict of one metric: only a change in the bad direction beyond tolerance is a regression.
 
@@ -86,7 +87,12 @@ def judge(
     if baseline is None:
         return MetricComparison(name, None, current, tolerance, Verdict.NEW)
     worse_by = _worse_by(name, baseline.value, current)
-    allowed = tolerance.allowed(baseline.value)
+    combined_stderr = (
+        math.hypot(baseline.stderr, current_stderr)
+        if baseline.stderr is not None and current_stderr is not None
+        else None
+    )
+    allowed = tolerance.allowed(baseline.value, combined_stderr)
     if abs(worse_by) <= allowed:
         return MetricComparison(name, baseline.value, current, tolerance, Verdict.OK)
     verdict = Verdict.REGRESSED if worse_by > 0 else Verdict.IMPROVED
@@ -105,11 +111,13 @@ def compare(
     baseline: Baseline | None,
     tolerances: ToleranceTable,
     current_samples: Mapping[str, Sequence[float]] | None = None,
+    current_stderr: Mapping[str, float | None] | None = None,
 ) -> list[MetricComparison]:
     """Compare every metric in ``current`` with ``baseline`` (None: all new)."""
     stored = baseline.metrics if baseline is not None else {}
     samples = current_samples or {}
+    stderr = current_stderr or {}
     return [
-        judge(name, stored.get(name), value, tolerances.for_metric(name), samples.get(name, ()))
+        judge(name, stored.get(name), value, tolerances.for_metric(name), samples.get(name, ()), stderr.get(name))
         for name, value in sorted(current.items())
     ]

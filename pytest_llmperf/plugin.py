@@ -19,6 +19,7 @@ import pytest
 from pytest_llmperf.errors import LlmperfError
 
 if TYPE_CHECKING:
+    from pytest_llmperf.accuracy import AccuracyResult
     from pytest_llmperf.check import CheckOutcome
     from pytest_llmperf.engines import Engine
     from pytest_llmperf.factory import EngineCache
@@ -269,6 +270,7 @@ class PerfCheck:
         workload: dict[str, Any] | None = None,
         tolerances: Mapping[str, object] | None = None,
         warnings: Sequence[str] = (),
+        stderr: Mapping[str, float | None] | None = None,
     ) -> CheckOutcome:
         """Check already-measured ``metrics`` against this test's baseline (once per test).
 
@@ -280,7 +282,7 @@ class PerfCheck:
 
         try:
             merged = {**environment(), **(fingerprint or {})}
-            return self._check(metrics, samples, merged, workload, tolerances, warnings)
+            return self._check(metrics, samples, merged, workload, tolerances, warnings, stderr)
         except LlmperfError as error:
             pytest.fail(str(error), pytrace=False)
 
@@ -292,6 +294,7 @@ class PerfCheck:
         workload: dict[str, Any] | None,
         tolerances: Mapping[str, object] | None,
         warnings: Sequence[str],
+        stderr: Mapping[str, float | None] | None = None,
     ) -> CheckOutcome:
         __tracebackhide__ = True
         from pytest_llmperf.check import Measurement, Status, check_measurement
@@ -318,6 +321,7 @@ class PerfCheck:
             fingerprint=fingerprint,
             workload=workload or {},
             warnings=list(warnings),
+            stderr=dict(stderr or {}),
         )
         outcome = check_measurement(measurement, self._session.baseline_dir, table, update=self._session.update)
         self._session.outcomes.append(outcome)
@@ -369,6 +373,68 @@ def _warn_at(node: pytest.Item, message: str) -> None:
 def llmperf(request: pytest.FixtureRequest, _llmperf_engines: EngineCache) -> PerfCheck:
     """Measure a workload on an engine and check it against this test's baseline; see ``PerfCheck``."""
     return PerfCheck(request, request.config.stash[session_key], _llmperf_engines)
+
+
+class LmEvalScorer:
+    """The ``lm_eval_scorer`` fixture: lm-eval tasks on an engine, scored and checked against the baseline."""
+
+    def __init__(self, check: PerfCheck) -> None:
+        self._check = check
+
+    def __call__(
+        self,
+        engine: Engine,
+        tasks: Sequence[str],
+        *,
+        limit: int | float | None = None,
+        num_fewshot: int | None = None,
+        batch_size: int | str | None = None,
+        seed: int = 1234,
+        tolerances: Mapping[str, object] | None = None,
+        check: bool = True,
+        **evaluate_kwargs: Any,
+    ) -> AccuracyResult:
+        """Score ``tasks`` (shipped task names, lm-eval task names or YAML paths) on ``engine``.
+
+        Every ``<task>.<metric>`` is checked against this test's baseline like any metric (``check=False``
+        only scores). Returns the scores and their standard errors.
+        """
+        __tracebackhide__ = True
+        from pytest_llmperf.accuracy import evaluate
+        from pytest_llmperf.fingerprint import fingerprint
+
+        try:
+            make_model = getattr(engine, "lm_eval_model", None)
+            if make_model is None:
+                raise LlmperfError(f"the {engine.backend!r} engine cannot be scored by lm-eval (no lm-eval model)")
+            scores = evaluate(
+                make_model(),
+                tasks,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                batch_size=batch_size,
+                seed=seed,
+                **evaluate_kwargs,
+            )
+            if check:
+                self._check._check(
+                    scores.metrics,
+                    None,
+                    {**fingerprint(engine.describe()), **scores.fingerprint},
+                    {"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "documents": scores.documents},
+                    tolerances,
+                    (),
+                    scores.stderr,
+                )
+        except LlmperfError as error:
+            pytest.fail(str(error), pytrace=False)
+        return scores
+
+
+@pytest.fixture
+def lm_eval_scorer(llmperf: PerfCheck) -> LmEvalScorer:
+    """Score lm-eval tasks on an engine and check the accuracy against this test's baseline."""
+    return LmEvalScorer(llmperf)
 
 
 @pytest.hookimpl(tryfirst=True)

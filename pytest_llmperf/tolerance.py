@@ -1,4 +1,6 @@
-"""Per-metric tolerances: relative (``"5%"``) or absolute (``0.02``, ``"0.5GiB"``, ``"20ms"``).
+"""Per-metric tolerances: relative (``"5%"``), absolute (``0.02``, ``"0.5GiB"``, ``"20ms"``), or for accuracy
+metrics in standard errors (``"2se"``: the drop may reach twice the combined standard error of the two scores,
+``sqrt(se_baseline**2 + se_current**2)``, as lm-eval reports them).
 
 A tolerance says how much *worse* a metric may get before it counts as a regression; the metric's direction
 (see ``metrics.metric_spec``) decides which way is worse. Tolerances are looked up by metric name through
@@ -49,13 +51,25 @@ _TOLERANCE = re.compile(r"^\s*(?P<number>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*
 class Tolerance:
     """How much worse a metric may get: a fraction of the baseline, or an amount in the metric's unit."""
 
-    kind: Literal["relative", "absolute"]
+    kind: Literal["relative", "absolute", "stderr"]
     amount: float
     text: str
 
-    def allowed(self, baseline: float) -> float:
-        """The largest change in the bad direction that is still within tolerance."""
-        return abs(baseline) * self.amount if self.kind == "relative" else self.amount
+    def allowed(self, baseline: float, stderr: float | None = None) -> float:
+        """The largest change in the bad direction that is still within tolerance.
+
+        ``stderr`` is the combined standard error of baseline and current value (``stderr`` tolerances only).
+        """
+        if self.kind == "relative":
+            return abs(baseline) * self.amount
+        if self.kind == "stderr":
+            if stderr is None:
+                raise LlmperfError(
+                    f"tolerance {self.text!r} is in standard errors, but the baseline or the current value has "
+                    "none; record the baseline again with its stderr, or use an absolute tolerance"
+                )
+            return self.amount * stderr
+        return self.amount
 
     def __str__(self) -> str:
         return self.text
@@ -70,7 +84,8 @@ def parse_tolerance(value: object, spec: MetricSpec, source: str) -> Tolerance:
     if match is None:
         raise LlmperfError(
             f"{source}: cannot parse tolerance {text!r} for {spec.name}; "
-            "use a percentage ('5%'), a number in the metric's unit, or a number with a unit ('20ms', '0.5GiB')"
+            "use a percentage ('5%'), a number in the metric's unit, a number with a unit ('20ms', '0.5GiB'), "
+            "or for accuracy a number of standard errors ('2se')"
         )
     number = float(match.group("number"))
     unit = match.group("unit")
@@ -78,6 +93,12 @@ def parse_tolerance(value: object, spec: MetricSpec, source: str) -> Tolerance:
         return Tolerance("relative", number / 100.0, text)
     if unit is None:
         return Tolerance("absolute", number, text)
+    if unit.lower() == "se":
+        if spec.unit != "score":
+            raise LlmperfError(
+                f"{source}: tolerance {text!r} in standard errors only fits accuracy metrics, not {spec.name}"
+            )
+        return Tolerance("stderr", number, text)
     base_unit, scale = _UNIT_SCALE.get(unit.lower(), ("", 0.0))
     if base_unit != spec.unit:
         raise LlmperfError(

@@ -28,3 +28,20 @@ def test_pytest_run_without_perf_tests_loads_no_heavy_module(pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_perf_test_without_scorer_does_not_import_lm_eval(pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+        import pytest
+
+        @pytest.mark.perf
+        def test_speed(engine_factory, llmperf):
+            engine = engine_factory("llama_cpp", n_threads=2, n_ctx=256)
+            llmperf.check({"e2e_p99": 0.5})
+            assert "llama_cpp" in sys.modules and "lm_eval" not in sys.modules
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "perf")
+    result.assert_outcomes(passed=1)

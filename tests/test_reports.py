@@ -161,7 +161,10 @@ def test_fingerprint_hook_fields_are_stored_and_attributed(
     result.stdout.fnmatch_lines(["*test_latency?0.5?: changed cluster a100-pool -> h100-pool*"])
 
 
-def test_metrics_reach_pytest_benchmark_extra_info(pytester: pytest.Pytester) -> None:
+def test_metrics_reach_pytest_benchmark_extra_info(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # When this suite itself runs under xdist, pytest-benchmark would take the in-process run for a worker
+    # (it reads PYTEST_XDIST_WORKER) and leave the JSON to a controller that does not exist.
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytester.makepyfile(
         test_bench="""
         import pytest

@@ -21,6 +21,7 @@ from pytest_llmperf.tolerance import DEFAULT_TOLERANCES, ToleranceTable, parse_a
         ("1.5s", "ttft_p50", "absolute", 1.5),
         ("0.5GiB", "rss_peak_gib", "absolute", 0.5),
         ("512MiB", "mem_max_gib", "absolute", 0.5),
+        ("2se", "arc_easy.acc", "stderr", 2.0),
     ],
 )
 def test_parse_tolerance(text: object, metric: str, kind: str, amount: float) -> None:
@@ -37,6 +38,7 @@ def test_parse_tolerance(text: object, metric: str, kind: str, amount: float) ->
         ("20ms", "completion_tok_s", "does not fit completion_tok_s"),
         ("1GiB", "e2e_p99", "does not fit e2e_p99"),
         (True, "e2e_p99", "must be a number"),
+        ("2se", "e2e_p99", "only fits accuracy metrics"),
     ],
 )
 def test_bad_tolerance_names_value_and_source(text: object, metric: str, message: str) -> None:
@@ -85,6 +87,16 @@ def test_absolute_tolerance_and_new_and_unavailable() -> None:
     assert judge("arc_easy.acc", MetricRecord(0.50), 0.49, tolerance).verdict is Verdict.OK
     assert judge("arc_easy.acc", None, 0.49, tolerance).verdict is Verdict.NEW
     assert judge("arc_easy.acc", MetricRecord(0.5), None, tolerance).verdict is Verdict.UNAVAILABLE
+
+
+def test_stderr_tolerance_uses_the_combined_standard_error() -> None:
+    tolerance = parse_tolerance("2se", metric_spec("arc_easy.acc"), "test")
+    baseline = MetricRecord(0.50, stderr=0.03)
+    # Combined stderr hypot(0.03, 0.04) = 0.05: a drop of 0.09 is within 2 se (0.10), 0.11 is not.
+    assert judge("arc_easy.acc", baseline, 0.41, tolerance, current_stderr=0.04).verdict is Verdict.OK
+    assert judge("arc_easy.acc", baseline, 0.39, tolerance, current_stderr=0.04).verdict is Verdict.REGRESSED
+    with pytest.raises(LlmperfError, match="'2se' is in standard errors, but"):
+        judge("arc_easy.acc", MetricRecord(0.50), 0.39, tolerance, current_stderr=0.04)
 
 
 def test_noise_rule_needs_the_best_repetition_to_move_too() -> None:

@@ -191,5 +191,11 @@ class LlamaCppEngine:
         output_tokens = self._llm.n_tokens - len(prompt) + 1
         return RequestRecord(t_send, t_done, len(prompt), output_tokens, chunk_times)
 
+    def lm_eval_model(self) -> Any:
+        """An lm-eval ``LM`` scoring with this engine's model (imports lm-eval)."""
+        from pytest_llmperf.engines.llama_cpp_lm import LlamaCppLM
+
+        return LlamaCppLM(self._llm)
+
     def close(self) -> None:
         self._llm.close()
