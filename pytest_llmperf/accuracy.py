@@ -183,7 +183,7 @@ def evaluate(
 ) -> AccuracyResult:
     """Score ``tasks`` with ``lm`` (an lm-eval ``LM``) through ``lm_eval.simple_evaluate``."""
     try:
-        import lm_eval  # noqa: F401
+        import lm_eval
     except ImportError:
         raise LlmperfError("lm_eval_scorer needs lm-eval: `pip install 'pytest-llmperf[eval]'`") from None
     specs, indexed, task_fingerprint = resolve_tasks(tasks)

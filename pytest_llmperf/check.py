@@ -45,6 +45,7 @@ class CheckOutcome:
     changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     message: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[MetricComparison]:

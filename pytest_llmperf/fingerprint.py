@@ -47,11 +47,16 @@ def cpu_info() -> dict[str, Any]:
     except Exception:  # py-cpuinfo fails on exotic platforms; /proc/cpuinfo is the fallback
         info = {}
     model = info.get("brand_raw") or _proc_cpuinfo_model() or platform.processor() or platform.machine()
-    return {
+    cpu: dict[str, Any] = {
         "cpu": str(model),
         "cpu_count": int(info.get("count") or os.cpu_count() or 0),
         "arch": str(info.get("arch") or platform.machine()),
     }
+    # Cloud VMs often name every generation alike ("AMD EPYC"); family and model tell Zen 3 from Zen 4.
+    for key in ("family", "model"):
+        if isinstance(info.get(key), int):
+            cpu[f"cpu_{key}"] = info[key]
+    return cpu
 
 
 def _proc_cpuinfo_model() -> str | None:
@@ -67,8 +72,9 @@ def _proc_cpuinfo_model() -> str | None:
 def hardware() -> dict[str, Any]:
     """The hardware class: what must match for numbers to be comparable."""
     cpu = cpu_info()
+    generation = f" family {cpu['cpu_family']} model {cpu['cpu_model']}" if "cpu_family" in cpu else ""
     return {
-        "class": f"cpu:{cpu['cpu']}:{cpu['cpu_count']}",
+        "class": f"cpu:{cpu['cpu']}{generation}:{cpu['cpu_count']}",
         **cpu,
         "system": platform.system(),
     }

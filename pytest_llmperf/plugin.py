@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 #: otherwise. Every other metric is still measured and available on the result.
 DEFAULT_GATE = ("completion_tok_s", "total_tok_s", "e2e_p99", "ttft_p99", "tpot_p50", "rss_peak_gib")
 
+#: A fresh measurement for a regression to be confirmed by: gated metrics, samples, warnings.
+Remeasured = tuple[Mapping[str, "float | None"], Mapping[str, list[float]], list[str]]
+
 
 class PytestLlmperfWarning(UserWarning):
     """A perf check that passed with something to act on (a new baseline, an improvement)."""
@@ -49,6 +52,7 @@ class LlmperfSession:
     model: str | None
     report: Path | None = None
     prune_stale: bool = False
+    confirm: int = 1
     outcomes: list[CheckOutcome] = field(default_factory=list)
     stale: set[Path] = field(default_factory=set)
 
@@ -96,6 +100,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="write a JSON report to PATH and a Markdown report beside it (.md) (ini llmperf_report)",
     )
+    group.addoption(
+        "--llmperf-confirm",
+        metavar="N",
+        type=int,
+        default=None,
+        help="re-measure a regressed test up to N times; it fails only if every measurement regresses "
+        "(default 1; 0 fails on the first; ini llmperf_confirm)",
+    )
     group.addoption("--llmperf-backend", metavar="NAME", help="engine backend for the whole run (ini llmperf_backend)")
     group.addoption(
         "--llmperf-model",
@@ -107,6 +119,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmperf_tolerances", "lines of 'metric-or-pattern = tolerance'", type="linelist", default=[])
     parser.addini("llmperf_gate", "metrics checked against the baseline", type="linelist", default=list(DEFAULT_GATE))
     parser.addini("llmperf_report", "JSON report path (Markdown written beside it)", default="")
+    parser.addini("llmperf_confirm", "re-measurements that must confirm a regression (default 1)", default="1")
     parser.addini("llmperf_backend", "default engine backend", default="llama_cpp")
     parser.addini("llmperf_model", "default model for engines that name none", default="")
 
@@ -144,7 +157,16 @@ def _build_session(config: pytest.Config) -> LlmperfSession:
         ]
     )
     report = config.getoption("llmperf_report") or config.getini("llmperf_report")
+    confirm = config.getoption("llmperf_confirm")
+    if confirm is None:
+        ini_confirm = str(config.getini("llmperf_confirm")).strip()
+        if not ini_confirm.isdigit():
+            raise LlmperfError(f"ini llmperf_confirm: expected a whole number >= 0, got {ini_confirm!r}")
+        confirm = int(ini_confirm)
+    if confirm < 0:
+        raise LlmperfError(f"--llmperf-confirm: expected a whole number >= 0, got {confirm}")
     return LlmperfSession(
+        confirm=confirm,
         report=Path(config.invocation_params.dir, report) if report else None,
         prune_stale=bool(config.getoption("llmperf_prune_stale")),
         baseline_dir=Path(config.rootpath, baseline_dir),
@@ -250,16 +272,22 @@ class PerfCheck:
         from pytest_llmperf.workload import Workload
 
         workload = workload or Workload()
-        try:
+        gate_names = gate or self._session.gate
+        results: list[PerfResult] = []
+
+        def run() -> Remeasured:
             with _measurement_lock():
-                result = run_workload(engine, workload, self._engines.rss_base_bytes(engine) or 0)
-            gated = {name: result.metrics.get(name) for name in (gate or self._session.gate)}
-            self._check(
-                gated, result.samples, fingerprint(result.engine), workload.to_dict(), tolerances, result.warnings
-            )
+                results.append(run_workload(engine, workload, self._engines.rss_base_bytes(engine) or 0))
+            latest = results[-1]
+            return {name: latest.metrics.get(name) for name in gate_names}, latest.samples, latest.warnings
+
+        try:
+            gated, samples, run_warnings = run()
+            engine_fingerprint = fingerprint(results[0].engine)
+            self._check(gated, samples, engine_fingerprint, workload.to_dict(), tolerances, run_warnings, remeasure=run)
         except LlmperfError as error:
             pytest.fail(str(error), pytrace=False)
-        return result
+        return results[-1]
 
     def check(
         self,
@@ -295,7 +323,9 @@ class PerfCheck:
         tolerances: Mapping[str, object] | None,
         warnings: Sequence[str],
         stderr: Mapping[str, float | None] | None = None,
+        remeasure: Callable[[], Remeasured] | None = None,
     ) -> CheckOutcome:
+        """Check one set of metrics; ``remeasure`` (measure() only) confirms a regression before it fails."""
         __tracebackhide__ = True
         from pytest_llmperf.check import Measurement, Status, check_measurement
 
@@ -324,6 +354,17 @@ class PerfCheck:
             stderr=dict(stderr or {}),
         )
         outcome = check_measurement(measurement, self._session.baseline_dir, table, update=self._session.update)
+        for _ in range(self._session.confirm):
+            if outcome.status is not Status.REGRESSED or remeasure is None:
+                break
+            # A regression is confirmed by measuring again: a machine that was busy for a few seconds slows one
+            # measurement, rarely two in a row, while a real slowdown slows both.
+            first = ", ".join(f"{c.metric} {c.delta_pct:+.1f}%" for c in outcome.regressions if c.delta_pct is not None)
+            metrics, new_samples, _ = remeasure()
+            measurement = replace(measurement, metrics=dict(metrics), samples=dict(new_samples))
+            outcome = check_measurement(measurement, self._session.baseline_dir, table, update=False)
+            verdict = "confirmed it" if outcome.status is Status.REGRESSED else "was within tolerance: noise"
+            outcome.notes.append(f"first measurement regressed ({first}); a second measurement {verdict}")
         self._session.outcomes.append(outcome)
         for name, value in metrics.items():
             node.user_properties.append((f"llmperf.{name}", value))

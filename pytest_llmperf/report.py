@@ -68,6 +68,7 @@ def render_notes(outcomes: Sequence[CheckOutcome]) -> list[str]:
     for outcome in outcomes:
         for change in outcome.changes:
             notes.append(f"{outcome.test}: changed {change}")
+        notes += [f"{outcome.test}: {note}" for note in outcome.notes]
         if outcome.status in (Status.NEW, Status.NOT_COMPARABLE) or (outcome.improvements and outcome.message):
             notes.append(f"{outcome.test}: {outcome.message}")
         for warning in outcome.warnings:
@@ -85,6 +86,7 @@ def outcome_to_json(outcome: CheckOutcome) -> dict[str, Any]:
         "message": outcome.message,
         "changes": outcome.changes,
         "warnings": outcome.warnings,
+        "notes": outcome.notes,
         "metrics": [
             {
                 "metric": c.metric,
@@ -118,6 +120,7 @@ def outcome_from_json(data: dict[str, Any]) -> CheckOutcome:
         list(data["changes"]),
         list(data["warnings"]),
         data["message"],
+        list(data.get("notes", [])),
     )
 
 

@@ -78,6 +78,17 @@ def warm_up() -> None:
     _warmed_up = True
 
 
+def _plain(value: Any) -> Any:
+    """A JSON-safe, run-independent stand-in for a knob value: objects (logits processors, grammars) by type."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
 class LlamaCppEngine:
     """A ``llama_cpp.Llama`` measured in-process."""
 
@@ -142,8 +153,8 @@ class LlamaCppEngine:
         return {
             "backend": self.backend,
             "model_path": str(self.model_path),
-            "engine_config": {key: value for key, value in self.engine_config.items() if key != "verbose"},
-            "sampling": dict(self.sampling),
+            "engine_config": {key: _plain(value) for key, value in self.engine_config.items() if key != "verbose"},
+            "sampling": {key: _plain(value) for key, value in self.sampling.items()},
         }
 
     def make_prompt(self, seed: int, n_tokens: int) -> list[int]:
