@@ -5,7 +5,9 @@ slowdown (a logits processor that busy-waits so each token costs ``--slowdown`` 
 CPU-burning neighbour process. Consecutive repetitions form groups of ``--k``; every pair of unchanged
 groups is a null comparison, every (unchanged, slowed) pair a detection trial. Each comparison is judged by
 
-- pytest-llmperf's rule (``compare.judge``: median and best repetition beyond tolerance), and
+- pytest-llmperf's rule (``compare.judge``: median and best repetition beyond tolerance), alone and as the
+  plugin applies it by default (``--llmperf-confirm 1``): a regression must be confirmed by the next
+  measurement in time (the next group), as ``llmperf.measure`` re-measures right away, and
 - pytest-benchmark's point rule ``mean:5%`` (flag when the mean is more than 5% worse),
 
 on ``completion_tok_s`` with a ``--tolerance`` relative tolerance, and the rates are printed.
@@ -22,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pytest_llmperf.baseline import MetricRecord
 from pytest_llmperf.compare import Verdict, judge
@@ -104,8 +106,13 @@ def main() -> int:
             neighbour.wait()
 
     base_groups, slow_groups = groups(unchanged, arguments.k), groups(slowed, arguments.k)
-    null_pairs = [(a, b) for a, b in itertools.permutations(base_groups, 2)]
-    slow_pairs = [(a, b) for a in base_groups for b in slow_groups]
+    # (baseline, current, the measurement right after current): the re-measurement that confirms.
+    null_pairs = [
+        (a, base_groups[j], base_groups[j + 1])
+        for (i, a), (j, _) in itertools.permutations(enumerate(base_groups), 2)
+        if j + 1 < len(base_groups)
+    ]
+    slow_pairs = [(a, slow_groups[j], slow_groups[j + 1]) for a in base_groups for j in range(len(slow_groups) - 1)]
     cv = statistics.stdev(unchanged) / statistics.mean(unchanged) * 100
     shift = (1 - statistics.median(slowed) / statistics.median(unchanged)) * 100
     print(
@@ -117,15 +124,20 @@ def main() -> int:
         f"slowed: median {statistics.median(slowed):.1f} ({shift:.1f}% slower)"
     )
     print(f"k={arguments.k}: {len(null_pairs)} null comparisons, {len(slow_pairs)} slowdown comparisons")
-    print(f"{'rule':40s} {'false alarms':>14s} {'detected':>10s}")
-    rules = [
-        (f"pytest-llmperf (median+best, {arguments.tolerance})", lambda a, b: ours(a, b, arguments.tolerance)),
-        ("pytest-benchmark point rule mean:5%", point_rule),
+    print(f"{'rule':48s} {'false alarms':>14s} {'detected':>10s}")
+    tolerance = arguments.tolerance
+    rules: list[tuple[str, Callable[[list[float], list[float], list[float]], bool]]] = [
+        (
+            f"pytest-llmperf median+best, confirmed ({tolerance})",
+            lambda a, b, c: ours(a, b, tolerance) and ours(a, c, tolerance),
+        ),
+        (f"pytest-llmperf median+best only ({tolerance})", lambda a, b, c: ours(a, b, tolerance)),
+        ("pytest-benchmark point rule mean:5%", lambda a, b, c: point_rule(a, b)),
     ]
     for name, rule in rules:
-        false_alarms = sum(rule(a, b) for a, b in null_pairs) / len(null_pairs) * 100
-        detected = sum(rule(a, b) for a, b in slow_pairs) / len(slow_pairs) * 100
-        print(f"{name:40s} {false_alarms:13.1f}% {detected:9.1f}%")
+        false_alarms = sum(rule(a, b, c) for a, b, c in null_pairs) / len(null_pairs) * 100
+        detected = sum(rule(a, b, c) for a, b, c in slow_pairs) / len(slow_pairs) * 100
+        print(f"{name:48s} {false_alarms:13.1f}% {detected:9.1f}%")
     return 0
 
 
