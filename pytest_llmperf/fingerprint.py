@@ -69,15 +69,32 @@ def _proc_cpuinfo_model() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def gpu_info() -> dict[str, Any] | None:
+    """The visible GPUs from NVML (names, count, memory, driver, CUDA), or None without NVML or GPU."""
+    from pytest_llmperf.gpu import gpu_hardware, load_nvml, visible_devices
+
+    nvml, _ = load_nvml()
+    if nvml is None:
+        return None
+    try:
+        devices = visible_devices(nvml)
+        return gpu_hardware(nvml, devices) if devices else None
+    finally:
+        nvml.nvmlShutdown()
+
+
 def hardware() -> dict[str, Any]:
-    """The hardware class: what must match for numbers to be comparable."""
+    """The hardware class: what must match for numbers to be comparable (the GPUs when there are any)."""
     cpu = cpu_info()
     generation = f" family {cpu['cpu_family']} model {cpu['cpu_model']}" if "cpu_family" in cpu else ""
-    return {
-        "class": f"cpu:{cpu['cpu']}{generation}:{cpu['cpu_count']}",
-        **cpu,
-        "system": platform.system(),
-    }
+    description = {"class": f"cpu:{cpu['cpu']}{generation}:{cpu['cpu_count']}", **cpu, "system": platform.system()}
+    cached = gpu_info()
+    if cached is not None:
+        gpu = dict(cached)  # the cached dict stays whole
+        description["class"] = gpu.pop("class")
+        description.update(gpu)
+    return description
 
 
 def environment() -> dict[str, Any]:

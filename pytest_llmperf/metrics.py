@@ -17,7 +17,7 @@ from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.workload import RequestRecord
 
 Direction = Literal["higher", "lower"]
-Unit = Literal["tok/s", "req/s", "s", "GiB", "score"]
+Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token"]
 
 PERCENTILES = (50, 90, 95, 99)
 LATENCY_FAMILIES = ("e2e", "ttft", "tpot", "itl")
@@ -27,6 +27,13 @@ MIN_SAMPLES_FOR_P99 = 100
 
 _LATENCY_NAME = re.compile(r"^(e2e|ttft|tpot|itl)_(p50|p90|p95|p99|mean)$")
 _MEMORY_NAME = re.compile(r"^(mem_max_gib|mem_mean_gib|rss_peak_gib|mem_gpu\d+_gib|mem_process_gib)$")
+#: GPU readings from NVML (``gpu.NvmlTracker``): name -> (unit, direction).
+_GPU_METRICS: dict[str, tuple[Unit, Direction]] = {
+    "gpu_util_pct": ("%", "higher"),
+    "gpu_power_w": ("W", "lower"),
+    "gpu_energy_j": ("J", "lower"),
+    "gpu_j_per_token": ("J/token", "lower"),
+}
 # lm-eval metrics where lower is better; every other ``task.metric`` is higher-is-better.
 _LOWER_IS_BETTER_ACCURACY = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter"}
 
@@ -48,6 +55,9 @@ def metric_spec(name: str) -> MetricSpec:
         return MetricSpec(name, "lower", "s")
     if _MEMORY_NAME.match(name):
         return MetricSpec(name, "lower", "GiB")
+    if name in _GPU_METRICS:
+        unit, direction = _GPU_METRICS[name]
+        return MetricSpec(name, direction, unit)
     if "." in name:
         metric = name.rsplit(".", 1)[1].split(",", 1)[0]
         return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score")
@@ -60,7 +70,8 @@ def metric_spec(name: str) -> MetricSpec:
 def all_metric_names() -> list[str]:
     """Every speed and memory metric the runner can produce (accuracy names depend on the tasks)."""
     latency = [f"{family}_{stat}" for family in LATENCY_FAMILIES for stat in ("p50", "p90", "p95", "p99", "mean")]
-    return [*THROUGHPUT_METRICS, *latency, "wall_time_s", "rss_peak_gib", "mem_max_gib", "mem_mean_gib"]
+    memory = ["rss_peak_gib", "mem_max_gib", "mem_mean_gib", "mem_process_gib"]
+    return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_GPU_METRICS]
 
 
 def latency_stats(family: str, samples: Sequence[float]) -> dict[str, float | None]:

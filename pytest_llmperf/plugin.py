@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pytest_llmperf.check import CheckOutcome
     from pytest_llmperf.engines import Engine
     from pytest_llmperf.factory import EngineCache
+    from pytest_llmperf.gpu import NvmlTracker
     from pytest_llmperf.runner import PerfResult
     from pytest_llmperf.tolerance import ToleranceTable
     from pytest_llmperf.workload import Workload
@@ -53,6 +54,7 @@ class LlmperfSession:
     report: Path | None = None
     prune_stale: bool = False
     confirm: int = 1
+    require_gpu: bool = False
     outcomes: list[CheckOutcome] = field(default_factory=list)
     stale: set[Path] = field(default_factory=set)
 
@@ -107,6 +109,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="re-measure a regressed test up to N times; it fails only if every measurement regresses "
         "(default 1; 0 fails on the first; ini llmperf_confirm)",
+    )
+    group.addoption(
+        "--llmperf-require-gpu",
+        action="store_true",
+        default=False,
+        help="a test marked gpu(...) whose GPUs are missing fails instead of skipping (also in strict mode)",
     )
     group.addoption("--llmperf-backend", metavar="NAME", help="engine backend for the whole run (ini llmperf_backend)")
     group.addoption(
@@ -167,6 +175,7 @@ def _build_session(config: pytest.Config) -> LlmperfSession:
         raise LlmperfError(f"--llmperf-confirm: expected a whole number >= 0, got {confirm}")
     return LlmperfSession(
         confirm=confirm,
+        require_gpu=bool(config.getoption("llmperf_require_gpu")),
         report=Path(config.invocation_params.dir, report) if report else None,
         prune_stale=bool(config.getoption("llmperf_prune_stale")),
         baseline_dir=Path(config.rootpath, baseline_dir),
@@ -185,6 +194,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "perf_tolerance(patterns=None, **metric_tolerances): per-metric tolerances for this test, "
         "e.g. perf_tolerance(completion_tok_s='10%', e2e_p99='50ms') or perf_tolerance({'*_tok_s': '20%'})",
+    )
+    config.addinivalue_line(
+        "markers",
+        "gpu(count=1, min_vram_gib=None): needs this many visible GPUs with at least this much memory each; "
+        "skipped otherwise, failed with --llmperf-require-gpu or in strict mode",
     )
     try:
         config.stash[session_key] = _build_session(config)
@@ -410,6 +424,72 @@ def _warn_at(node: pytest.Item, message: str) -> None:
     )
 
 
+def _gpu_requirement(item: pytest.Item) -> tuple[int, float | None] | None:
+    marker = item.get_closest_marker("gpu")
+    if marker is None:
+        return None
+    unknown = set(marker.kwargs) - {"count", "min_vram_gib"}
+    count = marker.kwargs.get("count", marker.args[0] if marker.args else 1)
+    min_vram = marker.kwargs.get("min_vram_gib")
+    if unknown or len(marker.args) > 1 or not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise LlmperfError(
+            f"{item.nodeid}: gpu marker takes count=<int >= 1> and min_vram_gib=<number>, "
+            f"got args {marker.args!r} kwargs {marker.kwargs!r}"
+        )
+    if min_vram is not None and (not isinstance(min_vram, (int, float)) or isinstance(min_vram, bool) or min_vram <= 0):
+        raise LlmperfError(f"{item.nodeid}: gpu marker min_vram_gib must be a positive number, got {min_vram!r}")
+    return count, min_vram
+
+
+def _missing_gpus(count: int, min_vram_gib: float | None) -> str | None:
+    """Why the visible GPUs do not meet the requirement, or None when they do."""
+    from pytest_llmperf.gpu import load_nvml, visible_devices
+
+    nvml, reason = load_nvml()
+    if nvml is None:
+        return f"needs {count} GPU(s): {reason}"
+    try:
+        devices = visible_devices(nvml)
+    finally:
+        nvml.nvmlShutdown()
+    if min_vram_gib is not None:
+        devices = [d for d in devices if d.memory_total_bytes / 1024**3 >= min_vram_gib]
+    if len(devices) < count:
+        memory = f" with >= {min_vram_gib} GiB each" if min_vram_gib is not None else ""
+        return f"needs {count} GPU(s){memory}, {len(devices)} visible (CUDA_VISIBLE_DEVICES honoured)"
+    return None
+
+
+def _check_gpu_marker(item: pytest.Item) -> None:
+    """Skip a gpu(...) test whose GPUs are missing; fail it with --llmperf-require-gpu or in strict mode."""
+    try:
+        requirement = _gpu_requirement(item)
+    except LlmperfError as error:
+        pytest.fail(str(error), pytrace=False)
+    if requirement is None:
+        return
+    missing = _missing_gpus(*requirement)
+    if missing is None:
+        return
+    session = item.config.stash.get(session_key, None)
+    if session is not None and (session.require_gpu or session.strict):
+        flag = "--llmperf-require-gpu" if session.require_gpu else "strict"
+        pytest.fail(f"[{flag}] {item.nodeid} {missing}", pytrace=False)
+    pytest.skip(missing)
+
+
+@pytest.fixture
+def nvml_tracker() -> Callable[..., NvmlTracker]:
+    """``with nvml_tracker(interval_s=0.05, pids=None) as gpu: ...`` then ``gpu.metrics(generated_tokens)``.
+
+    Samples GPU memory (device-level and per-process), utilisation, power and energy on a thread; without NVML
+    or a visible GPU, ``gpu.available`` is False, ``gpu.reason`` says why and every metric is None.
+    """
+    from pytest_llmperf.gpu import NvmlTracker
+
+    return NvmlTracker
+
+
 @pytest.fixture
 def llmperf(request: pytest.FixtureRequest, _llmperf_engines: EngineCache) -> PerfCheck:
     """Measure a workload on an engine and check it against this test's baseline; see ``PerfCheck``."""
@@ -494,7 +574,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Bad marker arguments fail the test before anything is measured, naming the marker and the value."""
+    """Bad marker arguments fail the test before anything is measured, naming the marker and the value;
+    a gpu(...) test without its GPUs is skipped (or failed, see ``_check_gpu_marker``)."""
     for marker in item.iter_markers("perf"):
         if marker.args or marker.kwargs:
             pytest.fail(
@@ -510,6 +591,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
                 session.tolerances.with_layer(f"marker perf_tolerance on {item.nodeid}", marker_table)
         except LlmperfError as error:
             pytest.fail(str(error), pytrace=False)
+    _check_gpu_marker(item)
 
 
 def _is_xdist_worker(config: pytest.Config) -> bool:

@@ -31,6 +31,7 @@ DEFAULT_TOLERANCES: dict[str, str] = {
     "itl_*": "60%",
     "rss_peak_gib": "20%",
     "mem_*": "10%",
+    "gpu_*": "20%",
     "*.*": "0.02",
 }
 

@@ -1,0 +1,263 @@
+"""GPU memory, utilisation, power and energy through NVML (``pynvml`` from nvidia-ml-py), sampled on a thread.
+
+Only the devices this process may use are tracked: ``CUDA_VISIBLE_DEVICES`` is honoured the way CUDA reads it
+(indices or ``GPU-`` UUIDs, possibly abbreviated; an entry that matches nothing ends the list). Two memory
+views are kept for every device, because they answer different questions:
+
+- device-level ``used`` (``nvmlDeviceGetMemoryInfo``): what the device has allocated, whoever asked. vLLM
+  reserves up to ``gpu_memory_utilization`` of the device at start-up, so this shows the reservation;
+- per-process (``nvmlDeviceGetComputeRunningProcesses``): the memory of the tracked processes only (this
+  process and its children by default, e.g. a server the plugin launched).
+
+Metrics, as the study defines them: ``mem_max_gib`` is the max over devices of each device's peak,
+``mem_mean_gib`` the mean over devices of each device's peak; ``mem_gpu<N>_gib`` the peak of device N (N = the
+position in ``CUDA_VISIBLE_DEVICES``, as CUDA numbers it); ``mem_process_gib`` the peak of the tracked
+processes' memory summed over devices. With no NVML or no visible GPU every metric is None and ``reason`` says
+why — never a zero.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from types import ModuleType, TracebackType
+from typing import Any
+
+_GIB = 1024**3
+
+
+def load_nvml() -> tuple[ModuleType | None, str]:
+    """``pynvml``, initialised, or None and the reason it cannot be used here."""
+    try:
+        import pynvml
+    except ImportError:
+        return None, "nvidia-ml-py is not installed (pip install 'pytest-llmperf[nvml]')"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as error:
+        return None, f"NVML is unavailable: {error}"
+    return pynvml, ""
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    """A visible GPU: its position as CUDA numbers it, NVML's handle, and what identifies it."""
+
+    position: int
+    handle: Any
+    uuid: str
+    name: str
+    memory_total_bytes: int
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def visible_devices(nvml: Any, environ: Mapping[str, str] | None = None) -> list[GpuDevice]:
+    """The devices CUDA would give this process, in CUDA's order."""
+    environ = os.environ if environ is None else environ
+    handles = [nvml.nvmlDeviceGetHandleByIndex(index) for index in range(nvml.nvmlDeviceGetCount())]
+    by_uuid = {_text(nvml.nvmlDeviceGetUUID(handle)): handle for handle in handles}
+    selection = environ.get("CUDA_VISIBLE_DEVICES")
+    if selection is None:
+        chosen = handles
+    else:
+        chosen = []
+        for entry in (part.strip() for part in selection.split(",")):
+            handle = None
+            if entry.isdigit():
+                handle = handles[int(entry)] if int(entry) < len(handles) else None
+            elif entry.startswith("GPU-"):
+                matches = [h for uuid, h in by_uuid.items() if uuid.startswith(entry)]
+                handle = matches[0] if len(matches) == 1 else None
+            if handle is None or handle in chosen:
+                break  # CUDA ignores everything from the first invalid entry on
+            chosen.append(handle)
+    return [
+        GpuDevice(
+            position=position,
+            handle=handle,
+            uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+            name=_text(nvml.nvmlDeviceGetName(handle)),
+            memory_total_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
+        )
+        for position, handle in enumerate(chosen)
+    ]
+
+
+def gpu_hardware(nvml: Any, devices: list[GpuDevice]) -> dict[str, Any]:
+    """The GPU part of a fingerprint: names, count, memory, driver and CUDA version; class from them."""
+    cuda = int(nvml.nvmlSystemGetCudaDriverVersion())
+    names = sorted({device.name for device in devices})
+    memory_gib = sorted({round(device.memory_total_bytes / _GIB) for device in devices})
+    return {
+        "class": f"gpu:{'+'.join(names)}x{len(devices)}:{'+'.join(str(m) for m in memory_gib)}GiB",
+        "gpus": [device.name for device in devices],
+        "gpu_count": len(devices),
+        "gpu_memory_gib": memory_gib,
+        "driver": _text(nvml.nvmlSystemGetDriverVersion()),
+        "cuda": f"{cuda // 1000}.{cuda % 1000 // 10}",
+    }
+
+
+@dataclass
+class DeviceTrace:
+    """What the sampler saw on one device."""
+
+    device: GpuDevice
+    used_bytes: list[int] = field(default_factory=list)
+    process_bytes: list[int] = field(default_factory=list)
+    utilisation_pct: list[float] = field(default_factory=list)
+    power_w: list[float] = field(default_factory=list)
+    energy_start_mj: int | None = None
+    energy_end_mj: int | None = None
+
+    @property
+    def energy_j(self) -> float | None:
+        if self.energy_start_mj is None or self.energy_end_mj is None:
+            return None
+        return (self.energy_end_mj - self.energy_start_mj) / 1000.0
+
+
+def _optional(read: Callable[[], Any], not_supported: type[BaseException]) -> Any:
+    """NVML readings some devices do not support (power, energy, per-process memory on WDDM): None."""
+    try:
+        return read()
+    except not_supported:
+        return None
+
+
+def _default_pids() -> set[int]:
+    import psutil
+
+    me = psutil.Process()
+    return {me.pid, *(child.pid for child in me.children(recursive=True))}
+
+
+class NvmlTracker:
+    """Samples the visible GPUs every ``interval_s`` on a background thread while a ``with`` block runs.
+
+    ``pids`` chooses the processes of the per-process view (default: this process and its children, read at
+    every sample so a server started inside the block is counted).
+    """
+
+    def __init__(
+        self,
+        interval_s: float = 0.05,
+        pids: Iterable[int] | Callable[[], set[int]] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"nvml_tracker: interval_s must be > 0, got {interval_s}")
+        self.interval_s = interval_s
+        if pids is None:
+            self._pids: Callable[[], set[int]] = _default_pids
+        elif callable(pids):
+            self._pids = pids
+        else:
+            fixed = set(pids)
+            self._pids = lambda: fixed
+        self._environ = environ
+        self.nvml: Any = None
+        self.reason = ""
+        self.traces: list[DeviceTrace] = []
+        self.sampling_s = 0.0  # time spent inside NVML calls: the tracker's own overhead
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.nvml is not None and bool(self.traces)
+
+    def start(self) -> NvmlTracker:
+        self.nvml, self.reason = load_nvml()
+        if self.nvml is None:
+            return self
+        devices = visible_devices(self.nvml, self._environ)
+        if not devices:
+            self.reason = "no GPU is visible (CUDA_VISIBLE_DEVICES selects none)"
+            return self
+        self.traces = [DeviceTrace(device) for device in devices]
+        for trace in self.traces:
+            trace.energy_start_mj = self._energy(trace.device)
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="llmperf-nvml", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.traces:
+            self.sample()
+            for trace in self.traces:
+                trace.energy_end_mj = self._energy(trace.device)
+        if self.nvml is not None:
+            self.nvml.nvmlShutdown()
+
+    def __enter__(self) -> NvmlTracker:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def _energy(self, device: GpuDevice) -> int | None:
+        reading = _optional(lambda: self.nvml.nvmlDeviceGetTotalEnergyConsumption(device.handle), self.nvml.NVMLError)
+        return None if reading is None else int(reading)
+
+    def sample(self) -> None:
+        """Read every device once (the thread calls this; tests call it to replay scripted traces)."""
+        started = time.perf_counter()
+        nvml, pids = self.nvml, self._pids()
+        for trace in self.traces:
+            handle = trace.device.handle
+            trace.used_bytes.append(int(nvml.nvmlDeviceGetMemoryInfo(handle).used))
+            processes = _optional(partial(nvml.nvmlDeviceGetComputeRunningProcesses, handle), nvml.NVMLError)
+            if processes is not None:
+                trace.process_bytes.append(sum(int(p.usedGpuMemory or 0) for p in processes if p.pid in pids))
+            utilisation = _optional(partial(nvml.nvmlDeviceGetUtilizationRates, handle), nvml.NVMLError)
+            if utilisation is not None:
+                trace.utilisation_pct.append(float(utilisation.gpu))
+            power = _optional(partial(nvml.nvmlDeviceGetPowerUsage, handle), nvml.NVMLError)
+            if power is not None:
+                trace.power_w.append(power / 1000.0)
+        self.sampling_s += time.perf_counter() - started
+
+    def metrics(self, generated_tokens: int | None = None) -> dict[str, float | None]:
+        """Peak/mean memory per device and across devices, utilisation, power, energy (None: unavailable)."""
+        names = ["mem_max_gib", "mem_mean_gib", "mem_process_gib", "gpu_util_pct", "gpu_power_w", "gpu_energy_j"]
+        if not self.available:
+            return dict.fromkeys([*names, "gpu_j_per_token"])
+        peaks = [max(trace.used_bytes) / _GIB for trace in self.traces]
+        result: dict[str, float | None] = {
+            "mem_max_gib": max(peaks),
+            "mem_mean_gib": sum(peaks) / len(peaks),
+        }
+        for trace, peak in zip(self.traces, peaks, strict=True):
+            result[f"mem_gpu{trace.device.position}_gib"] = peak
+        if all(trace.process_bytes for trace in self.traces):
+            # Summed over devices at each sample, then the peak of that sum.
+            per_sample = [sum(values) for values in zip(*(t.process_bytes for t in self.traces), strict=False)]
+            result["mem_process_gib"] = max(per_sample) / _GIB
+        else:
+            result["mem_process_gib"] = None
+        utilisation = [value for trace in self.traces for value in trace.utilisation_pct]
+        result["gpu_util_pct"] = sum(utilisation) / len(utilisation) if utilisation else None
+        power = [sum(t.power_w) / len(t.power_w) for t in self.traces if t.power_w]
+        result["gpu_power_w"] = sum(power) if len(power) == len(self.traces) else None
+        energies = [trace.energy_j for trace in self.traces]
+        energy = sum(e for e in energies if e is not None) if all(e is not None for e in energies) else None
+        result["gpu_energy_j"] = energy
+        result["gpu_j_per_token"] = energy / generated_tokens if energy is not None and generated_tokens else None
+        return result
