@@ -261,3 +261,17 @@ class NvmlTracker:
         result["gpu_energy_j"] = energy
         result["gpu_j_per_token"] = energy / generated_tokens if energy is not None and generated_tokens else None
         return result
+
+
+def worker_devices(
+    devices: list[GpuDevice], worker_index: int, worker_count: int, per_worker: int | None = None
+) -> list[GpuDevice]:
+    """The GPUs of pytest-xdist worker ``worker_index`` of ``worker_count``.
+
+    Contiguous blocks of ``per_worker`` devices (default: as many as divide evenly, at least one); worker i gets
+    block i, and a worker past the last whole block gets none (its gpu-marked tests skip with the reason).
+    """
+    if per_worker is None:
+        per_worker = max(1, len(devices) // max(worker_count, 1))
+    block = devices[worker_index * per_worker : (worker_index + 1) * per_worker]
+    return block if len(block) == per_worker else []

@@ -128,6 +128,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("llmperf_gate", "metrics checked against the baseline", type="linelist", default=list(DEFAULT_GATE))
     parser.addini("llmperf_report", "JSON report path (Markdown written beside it)", default="")
     parser.addini("llmperf_confirm", "re-measurements that must confirm a regression (default 1)", default="1")
+    parser.addini(
+        "llmperf_gpus_per_worker",
+        "under pytest-xdist, GPUs pinned to each worker: auto (visible GPUs // workers), a number, or off",
+        default="auto",
+    )
     parser.addini("llmperf_backend", "default engine backend", default="llama_cpp")
     parser.addini("llmperf_model", "default model for engines that name none", default="")
 
@@ -202,6 +207,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     try:
         config.stash[session_key] = _build_session(config)
+        _pin_worker_gpus(config)
     except LlmperfError as error:
         raise pytest.UsageError(str(error)) from None
 
@@ -413,7 +419,38 @@ def _measurement_lock() -> contextlib.AbstractContextManager[object]:
         return contextlib.nullcontext()
     from pytest_llmperf.locks import machine_lock
 
-    return machine_lock("measure")
+    # Workers pinned to different GPUs measure at the same time; the rest take turns.
+    return machine_lock(f"measure:{os.environ.get(_WORKER_GPUS, 'machine')}")
+
+
+_WORKER_GPUS = "LLMPERF_WORKER_GPUS"
+
+
+def _pin_worker_gpus(config: pytest.Config) -> None:
+    """On a pytest-xdist worker, give the worker its own GPUs through CUDA_VISIBLE_DEVICES (before CUDA starts)."""
+    setting = str(config.getini("llmperf_gpus_per_worker")).strip().lower()
+    if setting not in ("auto", "off") and not (setting.isdigit() and int(setting) > 0):
+        raise LlmperfError(
+            f"ini llmperf_gpus_per_worker: expected 'auto', 'off' or a whole number > 0, got {setting!r}"
+        )
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or setting == "off":
+        return
+    from pytest_llmperf.gpu import load_nvml, visible_devices, worker_devices
+
+    nvml, _ = load_nvml()
+    if nvml is None:
+        return
+    try:
+        devices = visible_devices(nvml)
+    finally:
+        nvml.nvmlShutdown()
+    if not devices:
+        return
+    index = int(str(workerinput["workerid"]).lstrip("gw"))
+    mine = worker_devices(devices, index, int(workerinput["workercount"]), None if setting == "auto" else int(setting))
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(device.uuid for device in mine)
+    os.environ[_WORKER_GPUS] = os.environ["CUDA_VISIBLE_DEVICES"] or "none"
 
 
 def _warn_at(node: pytest.Item, message: str) -> None:

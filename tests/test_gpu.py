@@ -190,3 +190,46 @@ def test_nvml_tracker_fixture(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_worker_devices_blocks() -> None:
+    from pytest_llmperf.gpu import GpuDevice, worker_devices
+
+    devices = [GpuDevice(i, None, f"GPU-{i}", "H100", 80 * GIB) for i in range(4)]
+    uuids = [[d.uuid for d in worker_devices(devices, worker, 2)] for worker in range(3)]
+    assert uuids == [["GPU-0", "GPU-1"], ["GPU-2", "GPU-3"], []]  # auto: 4 GPUs // 2 workers
+    assert [d.uuid for d in worker_devices(devices, 3, 8)] == ["GPU-3"]  # more workers than GPUs: one each...
+    assert worker_devices(devices, 5, 8) == []  # ...and none past the last
+    assert [d.uuid for d in worker_devices(devices, 1, 4, per_worker=3)] == []  # GPUs 3-5 do not all exist
+
+
+PINNED = """
+import os
+import pytest
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(4))
+def test_pinned(i):
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == {"gw0": "GPU-a", "gw1": "GPU-b"}[worker]
+
+@pytest.mark.gpu(count=2)
+def test_needs_two():
+    pass
+"""
+
+
+def test_xdist_workers_get_their_own_gpu(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from tests import fake_nvml
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    pytester.makepyfile(fake_nvml=Path(fake_nvml.__file__).read_text(), test_pinned=PINNED)
+    pytester.makeconftest(
+        "import sys, fake_nvml\n"
+        "sys.modules['pynvml'] = fake_nvml.make_pynvml([fake_nvml.FakeGpu(uuid='GPU-a'), fake_nvml.FakeGpu(uuid='GPU-b')])\n"
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "-rs")
+    result.assert_outcomes(passed=4, skipped=1)
+    result.stdout.fnmatch_lines(["*needs 2 GPU(s), 1 visible*"])
