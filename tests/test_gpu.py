@@ -228,7 +228,8 @@ def test_xdist_workers_get_their_own_gpu(pytester: pytest.Pytester, monkeypatch:
     pytester.makepyfile(fake_nvml=Path(fake_nvml.__file__).read_text(), test_pinned=PINNED)
     pytester.makeconftest(
         "import sys, fake_nvml\n"
-        "sys.modules['pynvml'] = fake_nvml.make_pynvml([fake_nvml.FakeGpu(uuid='GPU-a'), fake_nvml.FakeGpu(uuid='GPU-b')])\n"
+        "gpus = [fake_nvml.FakeGpu(uuid='GPU-a'), fake_nvml.FakeGpu(uuid='GPU-b')]\n"
+        "sys.modules['pynvml'] = fake_nvml.make_pynvml(gpus)\n"
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "-rs")
     result.assert_outcomes(passed=4, skipped=1)
