@@ -16,6 +16,7 @@ from pytest_llmperf.workload import Request, RequestRecord
 #: backend name -> "module:class", imported lazily.
 BACKENDS: dict[str, str] = {
     "llama_cpp": "pytest_llmperf.engines.llama_cpp:LlamaCppEngine",
+    "vllm": "pytest_llmperf.engines.vllm:VllmEngine",
 }
 
 
