@@ -103,21 +103,30 @@ def resolve_tasks(tasks: Sequence[str]) -> tuple[list[str | dict[str, Any]], lis
 
 @contextlib.contextmanager
 def quiet_offline_lm_eval() -> Iterator[None]:
-    """lm-eval offline and quiet for the duration: no hub, no telemetry, no git, warnings only."""
-    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
-        os.environ.setdefault(name, "1")
-    os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
+    """lm-eval offline and quiet while scoring: no hub, no telemetry, no git, warnings only; restored after.
+
+    ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` are set unless the user set them (a user who wants the hub sets
+    them to 0), and ``datasets``' own switches follow them, since it reads the environment only when imported.
+    """
+    offline = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_UPDATE_DOWNLOAD_COUNTS": "0"}
+    saved_environ = {name: os.environ.get(name) for name in offline}
+    for name, value in offline.items():
+        os.environ.setdefault(name, value)
     import datasets
     import lm_eval.evaluator as evaluator
 
+    hub_offline = os.environ["HF_HUB_OFFLINE"].strip().lower() in ("1", "true", "yes", "on")
     logger = logging.getLogger("lm_eval")
     saved = (evaluator.get_git_commit_hash, evaluator.add_env_info, logger.level, datasets.is_progress_bar_enabled())
+    saved_config = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS)
     # simple_evaluate runs `git describe` in the current directory and collects torch's environment report:
     # noise (and seconds) that says nothing about the engine under test.
     evaluator.get_git_commit_hash = lambda: None
     evaluator.add_env_info = lambda results: None
     logger.setLevel(logging.WARNING)
     datasets.disable_progress_bars()
+    datasets.config.HF_HUB_OFFLINE = hub_offline
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # a HEAD request per local JSON file otherwise
     try:
         yield
     finally:
@@ -125,6 +134,12 @@ def quiet_offline_lm_eval() -> Iterator[None]:
         logger.setLevel(saved[2])
         if saved[3]:
             datasets.enable_progress_bars()
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = saved_config
+        for name, previous in saved_environ.items():
+            if previous is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = previous
 
 
 def _task_manager(indexed: Sequence[str]) -> Any:

@@ -131,7 +131,10 @@ def test_bad_task_yaml_is_named(engine: LlamaCppEngine, tmp_path: Path, content:
         evaluate(engine.lm_eval_model(), [str(path)])
 
 
-def test_user_task_yaml_runs(engine: LlamaCppEngine, tmp_path: Path) -> None:
+def test_user_task_yaml_runs(engine: LlamaCppEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"q": f"{n} plus one is", "a": n + 1}) + "\n" for n in range(3)))
     config = tmp_path / "qa.yaml"
@@ -144,6 +147,7 @@ def test_user_task_yaml_runs(engine: LlamaCppEngine, tmp_path: Path) -> None:
     scores = evaluate(engine.lm_eval_model(), [str(config)])
     assert set(scores.metrics) == {"my_qa.acc", "my_qa.acc_norm"}
     assert scores.documents == {"my_qa": 3}
+    assert "HF_HUB_OFFLINE" not in os.environ  # offline while scoring, the user's environment afterwards
 
 
 SCORED = """
