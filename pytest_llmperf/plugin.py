@@ -207,7 +207,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     try:
         config.stash[session_key] = _build_session(config)
-        _pin_worker_gpus(config)
+        _gpus_per_worker(config)  # validated up front, used after collection
     except LlmperfError as error:
         raise pytest.UsageError(str(error)) from None
 
@@ -426,13 +426,28 @@ def _measurement_lock() -> contextlib.AbstractContextManager[object]:
 _WORKER_GPUS = "LLMPERF_WORKER_GPUS"
 
 
-def _pin_worker_gpus(config: pytest.Config) -> None:
-    """On a pytest-xdist worker, give the worker its own GPUs through CUDA_VISIBLE_DEVICES (before CUDA starts)."""
+def _gpus_per_worker(config: pytest.Config) -> str:
     setting = str(config.getini("llmperf_gpus_per_worker")).strip().lower()
     if setting not in ("auto", "off") and not (setting.isdigit() and int(setting) > 0):
         raise LlmperfError(
             f"ini llmperf_gpus_per_worker: expected 'auto', 'off' or a whole number > 0, got {setting!r}"
         )
+    return setting
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On a pytest-xdist worker that collected perf or gpu tests, pin the worker to its own GPUs.
+
+    After collection, so a run without such tests never touches NVML; before the first test, so before CUDA
+    starts in this process (a test module that initialises CUDA at import time defeats it).
+    """
+    if any(item.get_closest_marker("gpu") or item.get_closest_marker("perf") for item in session.items):
+        _pin_worker_gpus(session.config)
+
+
+def _pin_worker_gpus(config: pytest.Config) -> None:
+    """On a pytest-xdist worker, give the worker its own GPUs through CUDA_VISIBLE_DEVICES."""
+    setting = _gpus_per_worker(config)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None or setting == "off":
         return
