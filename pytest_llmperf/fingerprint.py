@@ -72,16 +72,9 @@ def _proc_cpuinfo_model() -> str | None:
 @functools.lru_cache(maxsize=1)
 def gpu_info() -> dict[str, Any] | None:
     """The visible GPUs from NVML (names, count, memory, driver, CUDA), or None without NVML or GPU."""
-    from pytest_llmperf.gpu import gpu_hardware, load_nvml, visible_devices
+    from pytest_llmperf.gpu import probe_gpus
 
-    nvml, _ = load_nvml()
-    if nvml is None:
-        return None
-    try:
-        devices = visible_devices(nvml)
-        return gpu_hardware(nvml, devices) if devices else None
-    finally:
-        nvml.nvmlShutdown()
+    return probe_gpus()[1]
 
 
 def hardware() -> dict[str, Any]:

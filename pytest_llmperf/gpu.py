@@ -105,6 +105,19 @@ def gpu_hardware(nvml: Any, devices: list[GpuDevice]) -> dict[str, Any]:
     }
 
 
+def probe_gpus() -> tuple[list[GpuDevice], dict[str, Any] | None, str]:
+    """One NVML look at this process's GPUs: the visible devices (their handles are closed again), their
+    fingerprint description (None without devices), and why there are none when NVML is unusable."""
+    nvml, reason = load_nvml()
+    if nvml is None:
+        return [], None, reason
+    try:
+        devices = visible_devices(nvml)
+        return devices, gpu_hardware(nvml, devices) if devices else None, ""
+    finally:
+        nvml.nvmlShutdown()
+
+
 @dataclass
 class DeviceTrace:
     """What the sampler saw on one device."""
@@ -124,11 +137,11 @@ class DeviceTrace:
         return (self.energy_end_mj - self.energy_start_mj) / 1000.0
 
 
-def _optional(read: Callable[[], Any], not_supported: type[BaseException]) -> Any:
+def _optional(read: Callable[[], Any], nvml_error: type[BaseException]) -> Any:
     """NVML readings some devices do not support (power, energy, per-process memory on WDDM): None."""
     try:
         return read()
-    except not_supported:
+    except nvml_error:
         return None
 
 

@@ -451,15 +451,9 @@ def _pin_worker_gpus(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None or setting == "off":
         return
-    from pytest_llmperf.gpu import load_nvml, visible_devices, worker_devices
+    from pytest_llmperf.gpu import probe_gpus, worker_devices
 
-    nvml, _ = load_nvml()
-    if nvml is None:
-        return
-    try:
-        devices = visible_devices(nvml)
-    finally:
-        nvml.nvmlShutdown()
+    devices, _, _ = probe_gpus()
     if not devices:
         return
     index = int(str(workerinput["workerid"]).lstrip("gw"))
@@ -495,15 +489,11 @@ def _gpu_requirement(item: pytest.Item) -> tuple[int, float | None] | None:
 
 def _missing_gpus(count: int, min_vram_gib: float | None) -> str | None:
     """Why the visible GPUs do not meet the requirement, or None when they do."""
-    from pytest_llmperf.gpu import load_nvml, visible_devices
+    from pytest_llmperf.gpu import probe_gpus
 
-    nvml, reason = load_nvml()
-    if nvml is None:
+    devices, _, reason = probe_gpus()
+    if reason:
         return f"needs {count} GPU(s): {reason}"
-    try:
-        devices = visible_devices(nvml)
-    finally:
-        nvml.nvmlShutdown()
     if min_vram_gib is not None:
         devices = [d for d in devices if d.memory_total_bytes / 1024**3 >= min_vram_gib]
     if len(devices) < count:

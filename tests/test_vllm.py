@@ -86,12 +86,9 @@ def test_close_shuts_the_engine_core_and_frees_memory(vllm: object) -> None:
 
 
 def _gpu_present() -> bool:
-    from pytest_llmperf.gpu import load_nvml
+    from pytest_llmperf.gpu import probe_gpus
 
-    nvml, _ = load_nvml()
-    if nvml is not None:
-        nvml.nvmlShutdown()
-    return nvml is not None
+    return bool(probe_gpus()[0])
 
 
 @pytest.mark.skipif(
