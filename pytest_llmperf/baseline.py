@@ -186,7 +186,9 @@ def parse_baseline(data: object, path: Path) -> BaselineFile:
         where = f"{path} (other_hardware[{key!r}])"
         _require(isinstance(entry_data, dict), where, "must be an object with 'metrics' and 'fingerprint'")
         entry = _parse_entry(entry_data, test, where)
-        _require(entry.hardware_class == key, where, f"its fingerprint's hardware.class is {entry.hardware_class!r}")
+        # An entry that names no hardware is stored under "" (JSON keys are strings).
+        found = entry.hardware_class
+        _require(found == (key or None), where, f"its fingerprint's hardware.class is {found!r}")
         entries.append(entry)
     classes = [entry.hardware_class for entry in entries]
     duplicates = sorted({str(name) for name in classes if classes.count(name) > 1})
@@ -254,13 +256,6 @@ def dumps(baseline: BaselineFile) -> str:
     return json.dumps(baseline.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def write_baseline(path: Path, baseline: BaselineFile) -> None:
-    """Write ``baseline`` to ``path`` atomically (temp file, fsync, rename) under a per-file lock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with machine_lock(f"baseline:{path.resolve()}"):
-        _replace(path, dumps(baseline))
-
-
 def record_baseline(path: Path, entry: Baseline) -> BaselineFile:
     """Store ``entry`` in the file at ``path``, replacing the entry of its hardware class and keeping the others.
 
@@ -279,6 +274,7 @@ def record_baseline(path: Path, entry: Baseline) -> BaselineFile:
 
 
 def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: temp file in the same directory, fsync, rename."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as stream:

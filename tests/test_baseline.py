@@ -18,7 +18,6 @@ from pytest_llmperf.baseline import (
     load_baseline,
     parse_baseline,
     record_baseline,
-    write_baseline,
 )
 from pytest_llmperf.errors import BaselineError
 
@@ -54,7 +53,7 @@ def _baseline() -> BaselineFile:
 
 def test_round_trip_is_sorted_and_pretty(tmp_path: Path) -> None:
     path = tmp_path / "b" / "t.json"
-    write_baseline(path, _baseline())
+    record_baseline(path, _entry())
     text = path.read_text()
     assert text.startswith('{\n  "fingerprint"')  # sorted keys, indented
     data = json.loads(text)
@@ -66,12 +65,12 @@ def test_round_trip_is_sorted_and_pretty(tmp_path: Path) -> None:
 
 def test_failed_write_leaves_old_file(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
-    write_baseline(path, _baseline())
+    record_baseline(path, _entry())
     before = path.read_text()
-    broken = _baseline()
-    broken.entries[0].metrics["completion_tok_s"] = MetricRecord(float("nan"))
+    broken = _entry()
+    broken.metrics["completion_tok_s"] = MetricRecord(float("nan"))
     with pytest.raises(ValueError):
-        write_baseline(path, broken)
+        record_baseline(path, broken)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
 
@@ -89,6 +88,16 @@ def test_hardware_classes_live_side_by_side_in_one_file(tmp_path: Path) -> None:
     entry = loaded.for_hardware("gpu:H100x1")
     assert entry is not None and entry.metrics["completion_tok_s"].value == 900.0
     assert loaded.for_hardware("cpu:B:8") is None
+
+
+def test_entry_without_hardware_class_round_trips_beside_others(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    record_baseline(path, _entry("cpu:A:2"))
+    unclassed = Baseline("t.py::test", {"completion_tok_s": MetricRecord(5.0)}, {"backend": "x"})
+    record_baseline(path, unclassed)
+    loaded = load_baseline(path)
+    assert loaded is not None and loaded.hardware_classes == ["cpu:A:2", None]
+    assert loaded.for_hardware("cpu:B:8") == unclassed  # a hand-written entry stands in for any machine
 
 
 def test_record_replaces_a_malformed_file(tmp_path: Path) -> None:
