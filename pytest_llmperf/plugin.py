@@ -281,24 +281,35 @@ class PerfCheck:
         *,
         gate: Sequence[str] | None = None,
         tolerances: Mapping[str, object] | None = None,
+        track_gpu: bool = False,
     ) -> PerfResult:
         """Run ``workload`` (default ``Workload()``) on ``engine``, check the gated metrics, return the result.
 
-        A regression fails the test; the result's metrics are also there for plain asserts.
+        A regression fails the test; the result's metrics are also there for plain asserts. ``track_gpu``
+        samples the GPUs with ``NvmlTracker`` during the run, adds its metrics (``mem_max_gib``,
+        ``mem_mean_gib``, ``mem_gpu<N>_gib``, ``mem_process_gib``, ``gpu_*``) to the result and gates the first
+        two by default; without NVML or a GPU they are None (unavailable), never 0.
         """
         __tracebackhide__ = True
         from pytest_llmperf.fingerprint import fingerprint
+        from pytest_llmperf.gpu import NvmlTracker
         from pytest_llmperf.runner import run_workload
         from pytest_llmperf.workload import Workload
 
         workload = workload or Workload()
-        gate_names = gate or self._session.gate
+        gate_names = gate or (*self._session.gate, *(("mem_max_gib", "mem_mean_gib") if track_gpu else ()))
         results: list[PerfResult] = []
 
         def run() -> Remeasured:
-            with _measurement_lock():
+            tracker = NvmlTracker() if track_gpu else contextlib.nullcontext()
+            with _measurement_lock(), tracker:
                 results.append(run_workload(engine, workload, self._engines.rss_base_bytes(engine) or 0))
             latest = results[-1]
+            if isinstance(tracker, NvmlTracker):
+                # The tracker saw the warmup requests too: their tokens count for energy per token.
+                requests = workload.requests * workload.repetitions + min(workload.warmup, workload.requests)
+                generated = workload.n_predict * requests
+                latest.metrics.update(tracker.metrics(generated))
             return {name: latest.metrics.get(name) for name in gate_names}, latest.samples, latest.warnings
 
         try:

@@ -234,3 +234,31 @@ def test_xdist_workers_get_their_own_gpu(pytester: pytest.Pytester, monkeypatch:
     result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "-rs")
     result.assert_outcomes(passed=4, skipped=1)
     result.stdout.fnmatch_lines(["*needs 2 GPU(s), 1 visible*"])
+
+
+TRACKED = """
+import pytest
+from pytest_llmperf import Workload
+
+@pytest.mark.perf
+def test_memory(engine_factory, llmperf):
+    engine = engine_factory("llama_cpp", n_threads=2, n_ctx=256)
+    workload = Workload(n_prompt=16, n_predict=8, requests=2, warmup=1, repetitions=1)
+    result = llmperf.measure(engine, workload, gate=["completion_tok_s", "mem_max_gib"], track_gpu=True)
+    print("MEASURED", result.mem_max_gib, result.mem_gpu0_gib, result.gpu_j_per_token)
+"""
+
+
+def test_measure_tracks_and_gates_gpu_memory(fake_gpus: list[FakeGpu], pytester: pytest.Pytester) -> None:
+    fake_gpus.append(FakeGpu(used_gib=[2.0, 6.0, 4.0], energy_mj=[0, 24_000]))
+    pytester.makepyfile(test_tracked=TRACKED)
+    args = ("-m", "perf", "-p", "no:cacheprovider", "-s", "--llmperf-model", "q4_k_m")
+    recorded = pytester.runpytest(*args, "--update-baselines")
+    recorded.assert_outcomes(passed=1)
+    # Peak 6 GiB; 24 J over 3 requests x 8 tokens (the warmup request included).
+    recorded.stdout.fnmatch_lines(["*MEASURED 6.0 6.0 1.0*"])
+    import json
+
+    stored = json.loads((pytester.path / "baselines/test_tracked/test_memory.json").read_text())
+    assert stored["metrics"]["mem_max_gib"]["value"] == 6.0
+    assert stored["fingerprint"]["hardware"]["class"] == "gpu:NVIDIA H100 80GB HBM3x1:80GiB"
