@@ -94,11 +94,13 @@ def compute_metrics(records: Sequence[RequestRecord]) -> dict[str, float | None]
     start = min(record.t_send for record in records)
     end = max(record.t_done for record in records)
     duration = end - start
-    prompt_tokens = sum(record.prompt_tokens for record in records)
+    # A prompt token count nobody could tell makes the prompt and total throughput unavailable, not smaller.
+    known_prompts = [record.prompt_tokens for record in records if record.prompt_tokens is not None]
+    prompt_tokens = sum(known_prompts) if len(known_prompts) == len(records) else None
     output_tokens = sum(record.output_tokens for record in records)
     metrics: dict[str, float | None] = {
-        "total_tok_s": (prompt_tokens + output_tokens) / duration,
-        "prompt_tok_s": prompt_tokens / duration,
+        "total_tok_s": (prompt_tokens + output_tokens) / duration if prompt_tokens is not None else None,
+        "prompt_tok_s": prompt_tokens / duration if prompt_tokens is not None else None,
         "completion_tok_s": output_tokens / duration,
         "req_s": len(records) / duration,
         "wall_time_s": duration,

@@ -10,26 +10,47 @@ from typing import Any
 
 from pytest_llmperf.engines import Engine
 from pytest_llmperf.metrics import MIN_SAMPLES_FOR_P99, compute_metrics
-from pytest_llmperf.workload import Request, Workload
+from pytest_llmperf.workload import Request, RequestRecord, Workload
 
 _GIB = 1024**3
 
 
 class HostMemorySampler:
-    """Peak resident set size of this process, sampled on a background thread while a block runs."""
+    """Peak resident set size, sampled on a background thread while a block runs.
 
-    def __init__(self, interval_s: float = 0.02) -> None:
+    Of this process by default; with ``pids``, of those processes and all their children together (a
+    launched server and its workers).
+    """
+
+    def __init__(self, interval_s: float = 0.02, pids: list[int] | None = None) -> None:
         self.interval_s = interval_s
+        self.pids = pids
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _rss(self, psutil: Any) -> int:
+        if self.pids is None:
+            return int(psutil.Process().memory_info().rss)
+        total = 0
+        for pid in self.pids:
+            try:
+                root = psutil.Process(pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for process in tree:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    continue
+        return total
+
     def _sample(self) -> None:
         import psutil
 
-        process = psutil.Process()
         while True:
-            self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+            self.peak_bytes = max(self.peak_bytes, self._rss(psutil))
             if self._stop.wait(self.interval_s):
                 break
 
@@ -84,22 +105,30 @@ def run_workload(engine: Engine, workload: Workload, rss_base_bytes: int = 0) ->
 
     ``rss_peak_gib`` is the process's peak resident memory during a repetition minus ``rss_base_bytes``
     (the engine factory passes the process's RSS from just before it built the engine, so the metric is
-    the engine's footprint: weights, KV cache and buffers, not what earlier tests imported).
+    the engine's footprint: weights, KV cache and buffers, not what earlier tests imported). For an engine
+    with ``host_memory_pids()`` (a launched server) it is the peak RSS of those processes and their
+    children; when that returns None (an attached server, maybe on another machine) it is unavailable.
     """
     prompts = workload.load_prompts()
+    pids_of = getattr(engine, "host_memory_pids", None)
+    memory_pids: list[int] | None = pids_of() if pids_of is not None else None
+    rss_measurable = pids_of is None or memory_pids is not None
     if workload.warmup:
         warmup = _build_requests(engine, workload, -1, prompts)[: workload.warmup]
         engine.run(warmup, concurrency=workload.concurrency, request_rate=workload.request_rate, seed=workload.seed)
     per_repetition: list[dict[str, float | None]] = []
+    all_records: list[RequestRecord] = []
     for repetition in range(workload.repetitions):
         requests = _build_requests(engine, workload, repetition, prompts)
-        with HostMemorySampler() as memory:
+        with HostMemorySampler(pids=memory_pids) as memory:
             records = engine.run(
                 requests, concurrency=workload.concurrency, request_rate=workload.request_rate, seed=workload.seed
             )
         metrics = compute_metrics(records)
-        metrics["rss_peak_gib"] = max(memory.peak_bytes - rss_base_bytes, 0) / _GIB
+        base = rss_base_bytes if memory_pids is None else 0
+        metrics["rss_peak_gib"] = max(memory.peak_bytes - base, 0) / _GIB if rss_measurable else None
         per_repetition.append(metrics)
+        all_records.extend(records)
 
     samples: dict[str, list[float]] = {}
     headline: dict[str, float | None] = {}
@@ -107,10 +136,31 @@ def run_workload(engine: Engine, workload: Workload, rss_base_bytes: int = 0) ->
         values = [value for rep in per_repetition if (value := rep[name]) is not None]
         samples[name] = values
         headline[name] = statistics.median(values) if values else None
-    warnings = []
+    warnings = _token_warnings(all_records, workload, bool(prompts))
     if workload.requests < MIN_SAMPLES_FOR_P99:
         warnings.append(
             f"p99 rests on {workload.requests} requests per repetition (fewer than {MIN_SAMPLES_FOR_P99}): "
             "it is close to the maximum"
         )
     return PerfResult(headline, samples, workload, engine.describe(), warnings)
+
+
+def _token_warnings(records: list[RequestRecord], workload: Workload, from_file: bool) -> list[str]:
+    """Warnings when requests did not have the workload's shape: EOS not suppressed, prompts off length."""
+    warnings = []
+    short = [record.output_tokens for record in records if record.output_tokens < workload.n_predict]
+    if short:
+        warnings.append(
+            f"{len(short)} of {len(records)} requests generated fewer than n_predict={workload.n_predict} tokens "
+            f"(as few as {min(short)}): the engine stopped early (EOS not suppressed?), so the workload is lighter"
+        )
+    lengths = {record.prompt_tokens for record in records if record.prompt_tokens is not None}
+    if not from_file and lengths and lengths != {workload.n_prompt}:
+        warnings.append(
+            f"prompts had {min(lengths)}-{max(lengths)} tokens instead of n_prompt={workload.n_prompt} "
+            "(the server's tokenizer could not be matched exactly); metrics use the real counts"
+        )
+    if records and all(record.prompt_tokens is None for record in records):
+        warnings.append("prompt token counts are unavailable (no usage, no tokenize route): prompt_tok_s and "
+                        "total_tok_s are not reported")
+    return warnings

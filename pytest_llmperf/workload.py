@@ -78,13 +78,19 @@ class Request:
 
 @dataclass
 class RequestRecord:
-    """Timestamps (``time.perf_counter`` seconds) and token counts of one completed request."""
+    """Timestamps (``time.perf_counter`` seconds) and token counts of one completed request.
+
+    ``prompt_tokens`` is None when it could not be known (a server that sends no usage and has no tokenize
+    route). ``counted_by`` says where the token counts came from: ``"engine"`` (the in-process engine's own
+    counters), ``"usage"`` (the server's usage report) or ``"chunks"`` (streamed chunks with text, counted).
+    """
 
     t_send: float
     t_done: float
-    prompt_tokens: int
+    prompt_tokens: int | None
     output_tokens: int
     chunk_times: list[float] = field(default_factory=list)
+    counted_by: str = "engine"
 
     @property
     def e2e(self) -> float:

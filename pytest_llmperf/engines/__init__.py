@@ -17,8 +17,12 @@ from pytest_llmperf.workload import Request, RequestRecord
 BACKENDS: dict[str, str] = {
     "llama_cpp": "pytest_llmperf.engines.llama_cpp:LlamaCppEngine",
     "vllm": "pytest_llmperf.engines.vllm:VllmEngine",
+    "openai": "pytest_llmperf.engines.openai:OpenAIEngine",
 }
 
+
+#: The package extra that installs what a backend needs.
+_EXTRAS = {"llama_cpp": "llama", "vllm": "vllm", "openai": "openai"}
 
 #: Backends that load the model into this process (their memory shows in this process's RSS).
 IN_PROCESS_BACKENDS = frozenset({"llama_cpp", "vllm"})
@@ -58,7 +62,7 @@ def backend_module(backend: str) -> tuple[Any, str]:
     except ImportError as error:
         raise EngineError(
             f"backend {backend!r} needs a package that is not installed ({error.name}); "
-            f"install it, e.g. `pip install 'pytest-llmperf[{backend.split('_')[0]}]'`"
+            f"install it, e.g. `pip install 'pytest-llmperf[{_EXTRAS.get(backend, backend)}]'`"
         ) from None
 
 

@@ -1,0 +1,575 @@
+"""The ``openai`` backend: any server that speaks the OpenAI completions API, launched by the plugin or attached.
+
+Launch: ``launch`` is a preset (``llama_cpp_server``, ``llama_server``, ``vllm``) or a command template with
+the placeholders ``{python}``, ``{model}``, ``{host}``, ``{port}``, ``{api_key}``; the server runs on 127.0.0.1
+on a free port, the engine waits for its health route, and stops it (and its children) at teardown
+(``pytest_llmperf.server``). Attach: ``base_url`` of a running server.
+
+Load: requests stream (``stream: true``) from one asyncio event loop through aiohttp, at most ``concurrency``
+in flight, arrivals optionally a seeded Poisson process. Each request records its send time, the arrival time
+of every chunk that carries text, and its end. Token counts come from the server's ``usage`` (asked for with
+``stream_options.include_usage``) when it sends one; otherwise output tokens are the counted text chunks and
+prompt tokens come from the server's tokenize route (or are unavailable). ``describe()["token_counts"]`` says
+which was used. EOS is suppressed with ``min_tokens`` and/or ``ignore_eos`` (``eos`` knob; presets know what
+their server accepts) and every prompt is unique, so no prefix cache inflates the numbers.
+
+The API key is read from the environment variable named by ``api_key_env`` and is never stored: not in the
+fingerprint, not in an error message, not in a log excerpt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pytest_llmperf.errors import EngineError
+from pytest_llmperf.server import Redactor, ServerProcess, free_port
+from pytest_llmperf.workload import Request, RequestRecord
+
+_T = TypeVar("_T")
+
+EOS_MODES = ("min_tokens", "ignore_eos", "both", "none")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How to launch one kind of server and what it accepts."""
+
+    command: tuple[str, ...]
+    health_path: str
+    #: The environment variable the server reads its API key from.
+    api_key_env: str
+    eos: str
+    tokenize_path: str | None
+    #: The ``model`` is a GGUF file (an embedded variant name or a path), resolved like the llama_cpp backend's.
+    gguf: bool
+
+
+PRESETS: dict[str, Preset] = {
+    # llama-cpp-python's server; it interrupts a running stream when a new request arrives unless told not to.
+    "llama_cpp_server": Preset(
+        ("{python}", "-m", "llama_cpp.server", "--model", "{model}", "--host", "{host}", "--port", "{port}",
+         "--interrupt_requests", "False"),
+        health_path="/v1/models", api_key_env="API_KEY", eos="min_tokens", tokenize_path="/extras/tokenize",
+        gguf=True,
+    ),
+    # llama.cpp's own C++ server.
+    "llama_server": Preset(
+        ("llama-server", "--model", "{model}", "--host", "{host}", "--port", "{port}"),
+        health_path="/health", api_key_env="LLAMA_API_KEY", eos="ignore_eos", tokenize_path="/tokenize", gguf=True,
+    ),
+    "vllm": Preset(
+        ("vllm", "serve", "{model}", "--host", "{host}", "--port", "{port}"),
+        health_path="/health", api_key_env="VLLM_API_KEY", eos="both", tokenize_path="/tokenize", gguf=False,
+    ),
+}
+
+# Tokenize routes tried, in order, on a server of unknown kind: llama-cpp-python's, then vLLM's/llama-server's.
+_TOKENIZE_PATHS = ("/extras/tokenize", "/tokenize")
+
+# Common English words: one token each in most tokenizers, so prompts are close to their target length before
+# fitting, and look like text to any model.
+_WORD_TEXT = (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one had by word "
+    "but not what all were we when your can said there use an each which she do how their if will up other about "
+    "out many then them these so some her would make like him into time has look two more write go see number no "
+    "way could people my than first water been call who oil its now find long down day did get come made may part "
+    "over new sound take only little work know place year live me back give most very after thing our just name "
+    "good sentence man think say great where help through much before line right too mean old any same tell boy "
+    "follow came want show also around form three small set put end does another well large must big even such "
+    "because turn here why ask went men read need land different home us move try kind hand picture again change "
+    "off play spell air away animal house point page letter mother answer found study still learn should world"
+)
+_WORDS = tuple(_WORD_TEXT.split())
+
+
+class _RequestFailed(Exception):
+    def __init__(self, index: int, what: str) -> None:
+        super().__init__(what)
+        self.index = index
+        self.what = what
+
+
+def _run_sync(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine`` to completion from synchronous code, even inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    result: list[_T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coroutine))
+        except BaseException as error:  # re-raised in the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=target, name="llmperf-openai-client")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _normalise_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise EngineError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000, got {url!r}")
+    base = url.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def _public_url(url: str) -> str:
+    """``url`` without user info, query or fragment (for fingerprints and messages)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class OpenAIEngine:
+    """An OpenAI-compatible completions server, measured over HTTP with streaming requests."""
+
+    backend = "openai"
+
+    _KNOBS = (
+        "model", "base_url", "launch", "server_args", "server_env", "api_key_env", "health_path",
+        "startup_timeout_s", "request_timeout_s", "eos", "tokenize", "stream_usage", "sampling", "served_model",
+    )
+
+    def __init__(self, **config: Any) -> None:
+        try:
+            import aiohttp  # noqa: F401  (the load generator's client; checked before any server starts)
+        except ImportError:
+            raise EngineError("the openai backend needs aiohttp: `pip install 'pytest-llmperf[openai]'`") from None
+        unknown = sorted(set(config) - set(self._KNOBS))
+        if unknown:
+            hints = [
+                f"{name!r} (did you mean {', '.join(repr(m) for m in close)}?)"
+                if (close := difflib.get_close_matches(name, self._KNOBS, n=2))
+                else repr(name)
+                for name in unknown
+            ]
+            raise EngineError(
+                f"unknown openai engine knob {', '.join(hints)}; knobs are {', '.join(self._KNOBS)} "
+                "(request fields such as temperature or top_p go in sampling={...})"
+            )
+        base_url, launch = config.get("base_url"), config.get("launch")
+        if (base_url is None) == (launch is None):
+            raise EngineError("the openai backend needs exactly one of base_url (attach) or launch (start a server)")
+        self.startup_timeout_s = float(config.get("startup_timeout_s", 120.0))
+        self.request_timeout_s = float(config.get("request_timeout_s", 300.0))
+        self.stream_usage = bool(config.get("stream_usage", True))
+        self.sampling: dict[str, Any] = {"temperature": 0.0, **dict(config.get("sampling") or {})}
+        self.server_args = [str(arg) for arg in config.get("server_args") or ()]
+        self.server_env = {str(key): str(value) for key, value in dict(config.get("server_env") or {}).items()}
+
+        self._api_key_env: str | None = config.get("api_key_env")
+        api_key = None
+        if self._api_key_env is not None:
+            api_key = os.environ.get(self._api_key_env)
+            if not api_key:
+                raise EngineError(f"api_key_env names {self._api_key_env!r}, but that environment variable is not set")
+        self._redact = Redactor([api_key] if api_key else [])
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+        preset: Preset | None = None
+        self.launch_name: str | None = None
+        self.model_path: Path | None = None
+        self.model = config.get("model")
+        self._server: ServerProcess | None = None
+        if launch is not None:
+            if isinstance(launch, str) and launch in PRESETS:
+                preset = PRESETS[launch]
+                template: list[str] = [*preset.command, *self.server_args]
+                self.launch_name = str(launch)
+            elif isinstance(launch, (list, tuple)) or (isinstance(launch, str) and " " in launch):
+                template = [*(shlex.split(launch) if isinstance(launch, str) else [str(a) for a in launch])]
+                template += self.server_args
+                self.launch_name = "command"
+            else:
+                raise EngineError(
+                    f"launch={launch!r} is neither a preset ({', '.join(PRESETS)}) nor a command template "
+                    "(a list of arguments or a command line with {model}, {host}, {port} placeholders)"
+                )
+            self.template = template
+            if preset is not None and preset.gguf:
+                from pytest_llmperf.engines.llama_cpp import resolve_model
+
+                self.model_path = resolve_model(self.model)
+                model_argument = str(self.model_path)
+            elif self.model is None and "{model}" in " ".join(template):
+                raise EngineError(f"launch={launch!r} needs a model: give model=<path or name>")
+            else:
+                model_argument = str(self.model or "")
+                if model_argument and Path(model_argument).expanduser().is_file():
+                    self.model_path = Path(model_argument).expanduser()
+            host = "127.0.0.1"
+            port = free_port(host)
+            self.base_url = f"http://{host}:{port}"
+            values = {"{python}": sys.executable, "{model}": model_argument, "{host}": host, "{port}": str(port),
+                      "{api_key}": api_key or ""}
+            command = [self._fill(arg, values) for arg in template]
+            env = dict(self.server_env)
+            if api_key and preset is not None:
+                env[preset.api_key_env] = api_key
+            self.health_path = config.get("health_path") or (preset.health_path if preset else "/v1/models")
+            self._server = ServerProcess(
+                command, name=self.launch_name if preset else Path(command[0]).name, base_url=self.base_url,
+                health_path=self.health_path, env=env, redact=self._redact, headers=self._headers,
+            )
+            self._server.wait_healthy(self.startup_timeout_s)
+        else:
+            self.template = []
+            self.base_url = _normalise_base_url(str(base_url))
+            self.health_path = config.get("health_path") or "/v1/models"
+            self._wait_attached()
+
+        eos = config.get("eos") or (preset.eos if preset else "both")
+        if eos not in EOS_MODES:
+            raise EngineError(f"eos={eos!r} is not one of {', '.join(EOS_MODES)}")
+        self.eos = eos
+        try:
+            self.served_model = config.get("served_model") or self._first_model()
+            self._tokenize_path = self._find_tokenize(config.get("tokenize", "auto"), preset)
+        except BaseException:
+            self.close()
+            raise
+        self._prompt_tokens: dict[str, int] = {}
+        self._tokens_per_word: float | None = None
+        self._counts = {"output_tokens": "none yet", "prompt_tokens": "none yet"}
+
+    # --- server and HTTP plumbing (synchronous, outside the measured part) ---------------------------------
+
+    def _fill(self, argument: str, values: dict[str, str]) -> str:
+        for placeholder, value in values.items():
+            argument = argument.replace(placeholder, value)
+        return argument
+
+    def _where(self) -> str:
+        return f"server {self._server.name} at {self.base_url}" if self._server else f"server at {self.base_url}"
+
+    def _http(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, headers=self._headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            detail = error.read()[:300].decode(errors="replace")
+            message = f"{self._where()}: {method} {path} -> HTTP {error.code}: {detail}"
+            raise EngineError(self._redact(message)) from None
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise EngineError(self._redact(f"{self._where()}: {method} {path} failed: {error}")) from None
+
+    def _wait_attached(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            try:
+                self._http("GET", self.health_path, timeout=5)
+                return
+            except EngineError as error:
+                if time.monotonic() > deadline:
+                    raise EngineError(
+                        f"{error} (not healthy within {self.startup_timeout_s:g} s, config key 'startup_timeout_s')"
+                    ) from None
+            time.sleep(0.5)
+
+    def _first_model(self) -> str:
+        if self.model is not None and self._server is None:
+            return str(self.model)
+        listing = self._http("GET", "/v1/models")
+        try:
+            return str(listing["data"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise EngineError(f"{self._where()}: GET /v1/models lists no model: {str(listing)[:200]}") from None
+
+    def _find_tokenize(self, setting: Any, preset: Preset | None) -> str | None:
+        if setting is None or setting is False:
+            return None
+        if setting != "auto":
+            return str(setting)
+        candidates = (preset.tokenize_path,) if preset and preset.tokenize_path else _TOKENIZE_PATHS
+        for path in candidates:
+            try:
+                self._tokenize_with(path, "hello world")
+                return path
+            except EngineError:
+                continue
+        return None
+
+    def _tokenize_with(self, path: str, text: str) -> int:
+        # One body for every known route: llama-cpp-python reads "input", vLLM "prompt", llama-server "content".
+        body = {"input": text, "prompt": text, "content": text, "add_special": True, "model": self.model_name}
+        answer = self._http("POST", path, body)
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, list):
+            raise EngineError(f"{self._where()}: POST {path} answered without a token list")
+        return len(tokens)
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self, "served_model", None) or self.model or "")
+
+    def _count(self, text: str) -> int | None:
+        if self._tokenize_path is None:
+            return None
+        return self._tokenize_with(self._tokenize_path, text)
+
+    # --- Engine protocol ---------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        server: dict[str, Any]
+        if self._server is not None:
+            server = {"launch": self.launch_name, "command": self.template, "health_path": self.health_path}
+            if self.server_env:
+                server["env"] = sorted(self.server_env)  # names only: values may be secrets
+        else:
+            server = {"base_url": _public_url(self.base_url), "model": self.served_model}
+        description: dict[str, Any] = {
+            "backend": self.backend,
+            "server": server,
+            "sampling": self.sampling,
+            "eos": self.eos,
+            "token_counts": dict(self._counts),
+        }
+        if self.model_path is not None:
+            description["model_path"] = str(self.model_path)
+        elif self._server is not None and self.model is not None:
+            description["model"] = {"name": Path(str(self.model)).name}
+        return description
+
+    def make_prompt(self, seed: int, n_tokens: int) -> str:
+        """Seeded random words, fitted to ``n_tokens`` with the server's tokenizer when it has a tokenize route."""
+        rng = random.Random(seed)
+        pool = [rng.choice(_WORDS) for _ in range(4 * n_tokens + 8)]
+
+        def text(words: int) -> str:
+            return " ".join(pool[:words])
+
+        if self._tokenize_path is None:
+            return text(n_tokens)
+        counts: dict[int, int] = {}
+
+        def count(words: int) -> int:
+            if words not in counts:
+                counts[words] = self._count(text(words)) or 0
+            return counts[words]
+
+        if self._tokens_per_word is None:
+            self._tokens_per_word = max(count(len(pool)) / len(pool), 0.05)
+        words = min(max(1, round(n_tokens / self._tokens_per_word)), len(pool))
+        # Walk to the longest prefix of words that does not exceed n_tokens.
+        while words > 1 and count(words) > n_tokens:
+            words -= 1
+        while words < len(pool) and count(words + 1) <= n_tokens:
+            words += 1
+        best, best_count = text(words), count(words)
+        # Pad with short pieces until the count is exact (each piece is usually one token).
+        for piece in (" a", " I", ".", ",", " 1", "a", "!", " -"):
+            if best_count >= n_tokens:
+                break
+            candidate = best + piece
+            candidate_count = self._count(candidate) or 0
+            if best_count < candidate_count <= n_tokens:
+                best, best_count = candidate, candidate_count
+        self._prompt_tokens[best] = best_count
+        return best
+
+    def tag_prompt(self, text: str, seed: int) -> str:
+        tagged = f"[request {seed}] {text}"
+        count = self._count(tagged)
+        if count is not None:
+            self._prompt_tokens[tagged] = count
+        return tagged
+
+    def _body(self, request: Request) -> bytes:
+        if not isinstance(request.prompt, str):
+            raise EngineError("the openai backend sends text prompts; build requests with its make_prompt()")
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "prompt": request.prompt,
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            **self.sampling,
+        }
+        if self.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        if self.eos in ("min_tokens", "both"):
+            body["min_tokens"] = request.max_tokens
+        if self.eos in ("ignore_eos", "both"):
+            body["ignore_eos"] = True
+        return json.dumps(body).encode()
+
+    def run(
+        self, requests: Sequence[Request], concurrency: int = 1, request_rate: float | None = None, seed: int = 0
+    ) -> list[RequestRecord]:
+        bodies = [self._body(request) for request in requests]
+        known = [self._prompt_tokens.get(request.prompt) if isinstance(request.prompt, str) else None
+                 for request in requests]
+        try:
+            records = _run_sync(self._drive(bodies, known, concurrency, request_rate, seed))
+        except _RequestFailed as failure:
+            raise self._failure(failure) from None
+        self._counts = {
+            "output_tokens": "usage" if all(r.counted_by == "usage" for r in records) else "chunks",
+            "prompt_tokens": "usage" if all(r.counted_by == "usage" for r in records)
+            else ("tokenize" if all(r.prompt_tokens is not None for r in records) else "unavailable"),
+        }
+        return records
+
+    def _failure(self, failure: _RequestFailed) -> EngineError:
+        what = f"request {failure.index} (POST {self.base_url}/v1/completions): {self._redact(failure.what)}"
+        if self._server is not None:
+            # A connection error can arrive a moment before the process is gone.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._server.process.wait(timeout=2)
+            exited = self._server.describe_exit()
+            if exited is not None:
+                return self._server.failure(f"{exited} during the run; {what}")
+            return self._server.failure(f"failed a request: {what}")
+        return EngineError(f"{self._where()} failed a request: {what}")
+
+    async def _drive(
+        self, bodies: list[bytes], known: list[int | None], concurrency: int, rate: float | None, seed: int
+    ) -> list[RequestRecord]:
+        import aiohttp
+
+        count = len(bodies)
+        arrivals: list[float] | None = None
+        if rate is not None:
+            rng = random.Random(seed)
+            arrivals, clock = [], 0.0
+            for _ in range(count):
+                arrivals.append(clock)
+                clock += rng.expovariate(rate)
+        records: list[RequestRecord | None] = [None] * count
+        url = self.base_url + "/v1/completions"
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers) as session:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            position = 0
+
+            async def worker() -> None:
+                nonlocal position
+                while position < count:
+                    index = position
+                    position += 1
+                    if arrivals is not None:
+                        delay = start + arrivals[index] - loop.time()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    records[index] = await self._one(session, url, index, bodies[index], known[index])
+
+            workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, count))]
+            try:
+                await asyncio.gather(*workers)
+            except BaseException:
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                raise
+        return [record for record in records if record is not None]
+
+    async def _one(
+        self, session: Any, url: str, index: int, body: bytes, prompt_tokens: int | None
+    ) -> RequestRecord:
+        import aiohttp
+
+        chunk_times: list[float] = []
+        usage: Any = None
+        finished = done = False
+        perf_counter = time.perf_counter
+        loads = json.loads
+        t_send = perf_counter()
+        try:
+            async with session.post(url, data=body) as response:
+                if response.status != 200:
+                    detail = (await response.read())[:300].decode(errors="replace")
+                    raise _RequestFailed(index, f"HTTP {response.status}: {detail}")
+                pending = b""
+                async for data in response.content.iter_any():
+                    now = perf_counter()
+                    lines = (pending + data).split(b"\n")
+                    pending = lines.pop()
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue  # blank separators, comments, event/id fields
+                        payload = line[5:].strip()
+                        if payload == b"[DONE]":
+                            done = True
+                            continue
+                        try:
+                            event = loads(payload)
+                            choices = event["choices"]
+                        except (ValueError, KeyError, TypeError):
+                            if isinstance(event_error := _error_of(payload), str):
+                                what = f"the server sent an error in the stream: {event_error}"
+                                raise _RequestFailed(index, what) from None
+                            raise _RequestFailed(
+                                index, f"malformed stream: an event is not a completion chunk: {payload[:200]!r}"
+                            ) from None
+                        for choice in choices:
+                            if choice.get("text"):
+                                chunk_times.append(now)
+                            if choice.get("finish_reason"):
+                                finished = True
+                        if event.get("usage"):
+                            usage = event["usage"]
+        except asyncio.TimeoutError:
+            raise _RequestFailed(
+                index, f"timed out after {self.request_timeout_s:g} s (config key 'request_timeout_s')"
+            ) from None
+        except aiohttp.ClientError as error:
+            raise _RequestFailed(index, f"connection failed: {type(error).__name__}: {error}") from None
+        t_done = perf_counter()
+        if not (done or finished):
+            raise _RequestFailed(index, "malformed stream: it ended without a finish_reason or 'data: [DONE]'")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            return RequestRecord(
+                t_send, t_done, int(usage.get("prompt_tokens") or 0) or prompt_tokens, usage["completion_tokens"],
+                chunk_times, counted_by="usage",
+            )
+        return RequestRecord(t_send, t_done, prompt_tokens, len(chunk_times), chunk_times, counted_by="chunks")
+
+    def host_memory_pids(self) -> list[int] | None:
+        """The launched server's process (its children count too); None when attached (not measurable here)."""
+        return [self._server.pid] if self._server is not None else None
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+
+def _error_of(payload: bytes) -> str | None:
+    """The message of an ``{"error": ...}`` event, or None."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return None
+    if isinstance(event, dict) and "error" in event:
+        error = event["error"]
+        return str(error.get("message", error)) if isinstance(error, dict) else str(error)
+    return None
