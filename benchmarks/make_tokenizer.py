@@ -21,14 +21,136 @@ import string
 import sys
 from pathlib import Path
 
-COMMON = (
-    "the of and to a in is you that it he was for on are as with his they at be this have from or one had by "
-    "word but not what all were we when your can said there use an each which she do how their if will up "
-    "other about out many then them these so some her would make like him into time has look two more write "
-    "go see number no way could people my than first water been call who oil its now find long down day did "
-    "get come made may part thou thee thy lord king love good man sir shall well what speak hear come night "
-    "hello world token model stream server client request response test data text prompt"
-).split()
+COMMON = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "a",
+    "in",
+    "is",
+    "you",
+    "that",
+    "it",
+    "he",
+    "was",
+    "for",
+    "on",
+    "are",
+    "as",
+    "with",
+    "his",
+    "they",
+    "at",
+    "be",
+    "this",
+    "have",
+    "from",
+    "or",
+    "one",
+    "had",
+    "by",
+    "word",
+    "but",
+    "not",
+    "what",
+    "all",
+    "were",
+    "we",
+    "when",
+    "your",
+    "can",
+    "said",
+    "there",
+    "use",
+    "an",
+    "each",
+    "which",
+    "she",
+    "do",
+    "how",
+    "their",
+    "if",
+    "will",
+    "up",
+    "other",
+    "about",
+    "out",
+    "many",
+    "then",
+    "them",
+    "these",
+    "so",
+    "some",
+    "her",
+    "would",
+    "make",
+    "like",
+    "him",
+    "into",
+    "time",
+    "has",
+    "look",
+    "two",
+    "more",
+    "write",
+    "go",
+    "see",
+    "number",
+    "no",
+    "way",
+    "could",
+    "people",
+    "my",
+    "than",
+    "first",
+    "water",
+    "been",
+    "call",
+    "who",
+    "oil",
+    "its",
+    "now",
+    "find",
+    "long",
+    "down",
+    "day",
+    "did",
+    "get",
+    "come",
+    "made",
+    "may",
+    "part",
+    "thou",
+    "thee",
+    "thy",
+    "lord",
+    "king",
+    "love",
+    "good",
+    "man",
+    "sir",
+    "shall",
+    "well",
+    "what",
+    "speak",
+    "hear",
+    "come",
+    "night",
+    "hello",
+    "world",
+    "token",
+    "model",
+    "stream",
+    "server",
+    "client",
+    "request",
+    "response",
+    "test",
+    "data",
+    "text",
+    "prompt",
+]
 
 EOS = "<|endoftext|>"
 
@@ -39,7 +161,7 @@ def corpus(n_words: int, seed: int) -> list[str]:
     letters = string.ascii_lowercase
     invented = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(3000)]
     lines, line = [], []
-    for i in range(n_words):
+    for _ in range(n_words):
         r = rng.random()
         if r < 0.10:
             w = "hello"
@@ -62,8 +184,14 @@ def corpus(n_words: int, seed: int) -> list[str]:
     return lines
 
 
-def build(out_dir: str | Path, vocab_size: int = 4096, n_words: int = 200_000, seed: int = 0,
-          extra_files: list[str] | None = None, max_length: int = 131072) -> Path:
+def build(
+    out_dir: str | Path,
+    vocab_size: int = 4096,
+    n_words: int = 200_000,
+    seed: int = 0,
+    extra_files: list[str] | None = None,
+    max_length: int = 131072,
+) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     out = Path(out_dir)
@@ -115,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     sample = "hello hello, world! The quick brown fox 123"
     enc = tok.encode(sample)
-    print(f"wrote {out} (vocab {tok.get_vocab_size()}); {sample!r} -> {len(enc.ids)} tokens; "
-          f"' hello' -> {tok.encode(' hello').tokens}; round trip {tok.decode(enc.ids) == sample}")
+    print(
+        f"wrote {out} (vocab {tok.get_vocab_size()}); {sample!r} -> {len(enc.ids)} tokens; "
+        f"' hello' -> {tok.encode(' hello').tokens}; round trip {tok.decode(enc.ids) == sample}"
+    )
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import sys
@@ -60,8 +61,12 @@ _ids = itertools.count(1)
 def _response(status: bytes, body: bytes, close: bool = False, ctype: bytes = b"application/json") -> bytes:
     return b"".join(
         (
-            b"HTTP/1.1 ", status, b"\r\nContent-Type: ", ctype,
-            b"\r\nContent-Length: ", str(len(body)).encode(),
+            b"HTTP/1.1 ",
+            status,
+            b"\r\nContent-Type: ",
+            ctype,
+            b"\r\nContent-Length: ",
+            str(len(body)).encode(),
             b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n",
             body,
         )
@@ -123,8 +128,7 @@ def _completion(body: bytes, close: bool) -> bytes:
     cid = str(next(_ids)).encode()
     created = str(int(time.time())).encode()
     ptoks = _prompt_words(req.get("prompt"))
-    usage = b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (
-        ptoks, max_tokens, ptoks + max_tokens)
+    usage = b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (ptoks, max_tokens, ptoks + max_tokens)
     if req.get("stream"):
         so = req.get("stream_options")
         include_usage = isinstance(so, dict) and bool(so.get("include_usage"))
@@ -133,16 +137,23 @@ def _completion(body: bytes, close: bool) -> bytes:
             return _SSE_HEAD[:-2] + b"Connection: close\r\n\r\n" + body_bytes
         return _SSE_HEAD + body_bytes
     out = (
-        b'{"id":"cmpl-' + cid + b'","object":"text_completion","created":' + created
-        + b',"model":"' + MODEL.encode() + b'","choices":[{"index":0,"text":'
+        b'{"id":"cmpl-'
+        + cid
+        + b'","object":"text_completion","created":'
+        + created
+        + b',"model":"'
+        + MODEL.encode()
+        + b'","choices":[{"index":0,"text":'
         + json.dumps(TOKEN_TEXT * max_tokens).encode()
-        + b',"logprobs":null,"finish_reason":"length"}],"usage":' + usage + b"}"
+        + b',"logprobs":null,"finish_reason":"length"}],"usage":'
+        + usage
+        + b"}"
     )
     return _response(b"200 OK", out, close)
 
 
 class ZeroProtocol(asyncio.Protocol):
-    __slots__ = ("transport", "buf", "continued")
+    __slots__ = ("buf", "continued", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -182,7 +193,7 @@ class ZeroProtocol(asyncio.Protocol):
             if i >= 0:
                 j = lower.find(b"\r\n", i + 17)
                 try:
-                    clen = int(lower[i + 17: j if j >= 0 else len(lower)])
+                    clen = int(lower[i + 17 : j if j >= 0 else len(lower)])
                 except ValueError:
                     out.append(_response(b"400 Bad Request", _BAD_REQUEST_BODY, True))
                     close = True
@@ -197,11 +208,12 @@ class ZeroProtocol(asyncio.Protocol):
                     self.continued = True
                     out.append(_CONTINUE)
                 break
-            body = bytes(buf[end + 4: total])
+            body = bytes(buf[end + 4 : total])
             del buf[:total]
             self.continued = False
             conn_close = (b"\r\nconnection: close" in lower) or (
-                version == b"HTTP/1.0" and b"\r\nconnection: keep-alive" not in lower)
+                version == b"HTTP/1.0" and b"\r\nconnection: keep-alive" not in lower
+            )
             q = target.find(b"?")
             path = target if q < 0 else target[:q]
             if method == b"POST" and path == b"/v1/completions":
@@ -256,10 +268,8 @@ async def _serve(host: str, port: int) -> None:
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the server until interrupted (blocks)."""
     _install_loop_policy()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(host, port))
-    except KeyboardInterrupt:
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,7 @@ from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.workload import RequestRecord
 
 Direction = Literal["higher", "lower"]
-Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token"]
+Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token", "x"]
 
 PERCENTILES = (50, 90, 95, 99)
 LATENCY_FAMILIES = ("e2e", "ttft", "tpot", "itl")
@@ -25,6 +25,10 @@ THROUGHPUT_METRICS = ("total_tok_s", "prompt_tok_s", "completion_tok_s", "req_s"
 #: Below this many samples a p99 is mostly the maximum: the report warns.
 MIN_SAMPLES_FOR_P99 = 100
 
+#: ``<metric>@c<N>``: the metric measured at concurrency N (a scaling curve, ``llmperf.scaling``).
+_AT_CONCURRENCY = re.compile(r"^(?P<base>.+)@c(?P<concurrency>[1-9][0-9]*)$")
+#: Scaling metrics: throughput at N over throughput at the lowest concurrency, and that divided by N / lowest.
+SCALING_METRICS = ("speedup", "efficiency")
 _LATENCY_NAME = re.compile(r"^(e2e|ttft|tpot|itl)_(p50|p90|p95|p99|mean)$")
 _MEMORY_NAME = re.compile(r"^(mem_max_gib|mem_mean_gib|rss_peak_gib|mem_gpu\d+_gib|mem_process_gib)$")
 #: GPU readings from NVML (``gpu.NvmlTracker``): name -> (unit, direction).
@@ -47,8 +51,22 @@ class MetricSpec:
     unit: Unit
 
 
+def split_concurrency(name: str) -> tuple[str, int | None]:
+    """``"completion_tok_s@c4"`` -> ``("completion_tok_s", 4)``; a plain name -> ``(name, None)``."""
+    match = _AT_CONCURRENCY.match(name)
+    return (match["base"], int(match["concurrency"])) if match else (name, None)
+
+
 def metric_spec(name: str) -> MetricSpec:
     """Direction and unit of the metric ``name``; raises for a name the plugin does not know."""
+    base, concurrency = split_concurrency(name)
+    if concurrency is not None:
+        if "." in base:
+            raise LlmperfError(f"unknown metric {name!r}: '@c<N>' applies to speed and memory metrics only")
+        spec = metric_spec(base)
+        return MetricSpec(name, spec.direction, spec.unit)
+    if name in SCALING_METRICS:  # measured per concurrency (``efficiency@c4``); the bare name sets tolerances
+        return MetricSpec(name, "higher", "x")
     if name in THROUGHPUT_METRICS:
         return MetricSpec(name, "higher", "req/s" if name == "req_s" else "tok/s")
     if _LATENCY_NAME.match(name) or name == "wall_time_s":

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pytest_llmperf.factory import EngineCache
     from pytest_llmperf.gpu import NvmlTracker
     from pytest_llmperf.runner import PerfResult
+    from pytest_llmperf.scaling import ScalingResult
     from pytest_llmperf.tolerance import ToleranceTable
     from pytest_llmperf.workload import Workload
 
@@ -57,6 +58,7 @@ class LlmperfSession:
     require_gpu: bool = False
     outcomes: list[CheckOutcome] = field(default_factory=list)
     stale: set[Path] = field(default_factory=set)
+    scaling: list[ScalingResult] = field(default_factory=list)
 
 
 session_key = pytest.StashKey[LlmperfSession]()
@@ -319,6 +321,62 @@ class PerfCheck:
         except LlmperfError as error:
             pytest.fail(str(error), pytrace=False)
         return results[-1]
+
+    def scaling(
+        self,
+        engine: Engine,
+        workload: Workload | None = None,
+        concurrencies: Sequence[int] = (1, 2, 4, 8),
+        *,
+        gate: Sequence[str] = ("completion_tok_s", "efficiency"),
+        tolerances: Mapping[str, object] | None = None,
+    ) -> ScalingResult:
+        """Run ``workload`` at each concurrency, tabulate throughput, speedup and efficiency, and check the
+        gated metrics per concurrency (``completion_tok_s@c4``, ``efficiency@c8``) against the baseline.
+
+        The table is printed at the end of the session and written to the JSON and Markdown reports.
+        ``workload.requests`` should be at least the highest concurrency, or the top levels never fill up.
+        """
+        __tracebackhide__ = True
+        from dataclasses import replace as replace_workload
+
+        from pytest_llmperf.fingerprint import fingerprint
+        from pytest_llmperf.runner import run_workload
+        from pytest_llmperf.scaling import ScalingResult, check_concurrencies
+        from pytest_llmperf.workload import Workload
+
+        workload = workload or Workload()
+        test = self._request.node.nodeid
+        latest: list[ScalingResult] = []
+
+        def run() -> Remeasured:
+            results = {}
+            for level in levels:
+                with _measurement_lock():
+                    results[level] = run_workload(
+                        engine, replace_workload(workload, concurrency=level), self._engines.rss_base_bytes(engine) or 0
+                    )
+            latest.append(ScalingResult(test, results))
+            warnings = sorted({warning for result in results.values() for warning in result.warnings})
+            return latest[-1].metrics(gate), latest[-1].samples(gate), warnings
+
+        try:
+            levels = check_concurrencies(concurrencies)
+            if workload.requests < levels[-1]:
+                raise LlmperfError(
+                    f"scaling up to concurrency {levels[-1]} needs Workload.requests >= {levels[-1]}, "
+                    f"got {workload.requests}"
+                )
+            metrics, samples, run_warnings = run()
+            engine_fingerprint = fingerprint(latest[0].results[levels[0]].engine)
+            recorded = {**workload.to_dict(), "concurrency": levels}
+            self._check(metrics, samples, engine_fingerprint, recorded, tolerances, run_warnings, remeasure=run)
+        except LlmperfError as error:
+            pytest.fail(str(error), pytrace=False)
+        finally:
+            if latest:
+                self._session.scaling.append(latest[-1])
+        return latest[-1]
 
     def check(
         self,
@@ -664,9 +722,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             outcome_to_json(outcome) for outcome in llmperf_session.outcomes
         ]
         config.workeroutput["llmperf_stale"] = [str(path) for path in llmperf_session.stale]  # type: ignore[attr-defined]
+        config.workeroutput["llmperf_scaling"] = [  # type: ignore[attr-defined]
+            result.to_json() for result in llmperf_session.scaling
+        ]
     else:
         if llmperf_session.outcomes or llmperf_session.report is not None:
-            write_reports(llmperf_session.outcomes, llmperf_session.report)
+            write_reports(llmperf_session.outcomes, llmperf_session.report, llmperf_session.scaling)
         if llmperf_session.prune_stale:
             for path in llmperf_session.stale:
                 path.unlink(missing_ok=True)
@@ -676,19 +737,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_testnodedown(node: Any, error: object) -> None:
     """pytest-xdist: fold a finished worker's outcomes into the controller's session."""
     from pytest_llmperf.report import outcome_from_json
+    from pytest_llmperf.scaling import ScalingResult
 
     llmperf_session = node.config.stash.get(session_key, None)
     output = getattr(node, "workeroutput", {})
     if llmperf_session is not None:
         llmperf_session.outcomes.extend(outcome_from_json(entry) for entry in output.get("llmperf_outcomes", []))
         llmperf_session.stale.update(Path(path) for path in output.get("llmperf_stale", []))
+        llmperf_session.scaling.extend(ScalingResult.from_json(entry) for entry in output.get("llmperf_scaling", []))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     from pytest_llmperf.report import render_notes, render_table
+    from pytest_llmperf.scaling import render_scaling
 
     session = config.stash.get(session_key, None)
-    if session is None or not (session.outcomes or session.stale):
+    if session is None or not (session.outcomes or session.stale or session.scaling):
         return
     terminalreporter.write_sep("=", "llmperf")
     for line in render_table(sorted(session.outcomes, key=lambda outcome: outcome.test)):
@@ -698,6 +762,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line("")
         for note in notes:
             terminalreporter.write_line(note)
+    if session.scaling:
+        terminalreporter.write_line("")
+        terminalreporter.write_line("scaling (speedup: tok/s over the lowest concurrency's; efficiency: speedup / N):")
+        for result in sorted(session.scaling, key=lambda r: r.test):
+            for line in render_scaling(result):
+                terminalreporter.write_line(line)
     if session.stale:
         terminalreporter.write_line("")
         terminalreporter.write_line(f"stale baseline files (no collected test owns them): {len(session.stale)}")

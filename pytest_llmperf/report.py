@@ -13,6 +13,8 @@ from typing import Any
 
 from pytest_llmperf.check import CheckOutcome, Status
 from pytest_llmperf.compare import MetricComparison, Verdict, format_value
+from pytest_llmperf.scaling import HEADER as SCALING_HEADER
+from pytest_llmperf.scaling import ScalingResult, scaling_cells
 from pytest_llmperf.tolerance import Tolerance
 
 REPORT_SCHEMA = 1
@@ -124,12 +126,15 @@ def outcome_from_json(data: dict[str, Any]) -> CheckOutcome:
     )
 
 
-def render_json(outcomes: Sequence[CheckOutcome]) -> str:
+def render_json(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = ()) -> str:
     tests = [outcome_to_json(outcome) for outcome in sorted(outcomes, key=lambda o: o.test)]
-    return json.dumps({"schema": REPORT_SCHEMA, "tests": tests}, indent=2, sort_keys=True) + "\n"
+    document: dict[str, Any] = {"schema": REPORT_SCHEMA, "tests": tests}
+    if scaling:
+        document["scaling"] = [result.to_json() for result in sorted(scaling, key=lambda r: r.test)]
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
-def render_markdown(outcomes: Sequence[CheckOutcome]) -> str:
+def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = ()) -> str:
     """A Markdown table (GitHub job summaries render it) plus the notes."""
     ordered = sorted(outcomes, key=lambda o: o.test)
     lines = ["## pytest-llmperf", ""]
@@ -147,16 +152,23 @@ def render_markdown(outcomes: Sequence[CheckOutcome]) -> str:
     notes = render_notes(ordered)
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
+    for result in sorted(scaling, key=lambda r: r.test):
+        lines += ["", f"### Scaling: {result.test}", ""]
+        lines.append("| " + " | ".join(SCALING_HEADER) + " |")
+        lines.append("|" + "---|" * len(SCALING_HEADER))
+        lines += ["| " + " | ".join(cells) + " |" for cells in scaling_cells(result)]
     return "\n".join(lines) + "\n"
 
 
-def write_reports(outcomes: Sequence[CheckOutcome], json_path: Path | None) -> list[Path]:
+def write_reports(
+    outcomes: Sequence[CheckOutcome], json_path: Path | None, scaling: Sequence[ScalingResult] = ()
+) -> list[Path]:
     """Write the JSON report (and Markdown beside it, ``.md``) and append Markdown to $GITHUB_STEP_SUMMARY."""
     written = []
-    markdown = render_markdown(outcomes)
+    markdown = render_markdown(outcomes, scaling)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(render_json(outcomes), encoding="utf-8")
+        json_path.write_text(render_json(outcomes, scaling), encoding="utf-8")
         markdown_path = json_path.with_suffix(".md")
         markdown_path.write_text(markdown, encoding="utf-8")
         written += [json_path, markdown_path]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.metrics import MetricSpec, all_metric_names, metric_spec
+from pytest_llmperf.metrics import MetricSpec, all_metric_names, metric_spec, split_concurrency
 
 # Wide enough for a shared 2-core machine (README, "Noise and tolerances", has the measured spread),
 # narrow enough that a 2x slowdown fails.
@@ -32,6 +32,8 @@ DEFAULT_TOLERANCES: dict[str, str] = {
     "rss_peak_gib": "20%",
     "mem_*": "10%",
     "gpu_*": "20%",
+    "speedup": "30%",
+    "efficiency": "30%",
     "*.*": "0.02",
 }
 
@@ -111,7 +113,7 @@ def parse_tolerance(value: object, spec: MetricSpec, source: str) -> Tolerance:
 
 def _check_pattern(pattern: str, source: str) -> None:
     if any(ch in pattern for ch in "*?["):
-        if "." in pattern or any(fnmatch.fnmatchcase(name, pattern) for name in all_metric_names()):
+        if "." in pattern or "@c" in pattern or any(fnmatch.fnmatchcase(name, pattern) for name in all_metric_names()):
             return
         raise LlmperfError(f"{source}: tolerance pattern {pattern!r} matches no metric")
     metric_spec(pattern)  # raises, naming the known metrics, for an unknown name
@@ -147,12 +149,16 @@ class ToleranceTable:
 
     def for_metric(self, name: str) -> Tolerance:
         spec = metric_spec(name)
+        # ``completion_tok_s@c4`` takes its own entry if there is one, else completion_tok_s's.
+        base = split_concurrency(name)[0]
+        names = (name, base) if base != name else (name,)
         for source, table in self._layers:
-            # An exact name beats a pattern within one layer; among patterns the longest wins.
-            if name in table:
-                return parse_tolerance(table[name], spec, source)
-            matches = [pattern for pattern in table if fnmatch.fnmatchcase(name, pattern)]
-            if matches:
-                pattern = max(matches, key=len)
-                return parse_tolerance(table[pattern], spec, f"{source} ({pattern})")
+            for candidate in names:
+                # An exact name beats a pattern within one layer; among patterns the longest wins.
+                if candidate in table:
+                    return parse_tolerance(table[candidate], spec, source)
+                matches = [pattern for pattern in table if fnmatch.fnmatchcase(candidate, pattern)]
+                if matches:
+                    pattern = max(matches, key=len)
+                    return parse_tolerance(table[pattern], spec, f"{source} ({pattern})")
         raise LlmperfError(f"no tolerance is configured for metric {name!r}; add one to llmperf_tolerances")
