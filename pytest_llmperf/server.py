@@ -197,6 +197,9 @@ class ServerProcess:
                         return
                     last = f"HTTP {response.status}"
             except urllib.error.HTTPError as error:
+                if error.code in (401, 403):  # up and refusing: waiting longer will not help
+                    self.stop()
+                    raise self.failure(f"refused the health check {url} with HTTP {error.code} (API key?)") from None
                 last = f"HTTP {error.code}"
             except (urllib.error.URLError, OSError) as error:
                 last = str(getattr(error, "reason", error))

@@ -3,7 +3,8 @@
 Modes: ``ok`` (a well-formed stream with usage when asked), ``http500`` (every completion fails), ``slow`` (the
 stream stalls after the first chunk), ``not-json`` (a data line that is not JSON), ``no-end`` (the stream stops
 without a finish_reason or ``[DONE]``), ``error-event`` (an ``{"error": ...}`` event mid-stream), ``auth`` (like
-``ok`` but requires ``Authorization: Bearer $SCRIPTED_KEY``). Completions record their JSON bodies in
+``ok`` but requires ``Authorization: Bearer $SCRIPTED_KEY``), ``not-sse`` (answers one JSON body, no stream).
+Completions record their JSON bodies in
 ``$SCRIPTED_LOG`` (one per line) when it is set.
 """
 
@@ -64,6 +65,9 @@ class Handler(BaseHTTPRequestHandler):
                 log.write(json.dumps(body) + "\n")
         if MODE == "http500":
             self._json(500, {"error": {"message": "scripted failure"}})
+            return
+        if MODE == "not-sse":
+            self._json(200, {"choices": [{"text": "whole answer", "finish_reason": "length"}]})
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")

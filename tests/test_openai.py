@@ -146,6 +146,7 @@ def test_server_that_exits_while_starting_says_so_at_once() -> None:
         ("no-end", "malformed stream: it ended without a finish_reason"),
         ("error-event", "the server sent an error in the stream: scripted engine crash"),
         ("slow", "timed out after 1 s \\(config key 'request_timeout_s'\\)"),
+        ("not-sse", "the server did not stream \\(Content-Type application/json"),
     ],
 )
 def test_request_faults_are_clear_errors(mode: str, expected: str) -> None:
@@ -218,6 +219,15 @@ def test_api_key_reaches_the_server_but_no_message(monkeypatch: pytest.MonkeyPat
     with pytest.raises(EngineError) as failure:
         scripted("auth", api_key_env="MY_KEY").run([Request("a b", 2)])
     assert "HTTP 401" in str(failure.value) and "sk-wrong" not in str(failure.value)
+    # Attached with a wrong key: refused at once, not after waiting out the startup timeout.
+    launched = scripted("auth", api_key_env="SCRIPTED_KEY")
+    try:
+        started = time.monotonic()
+        with pytest.raises(EngineError, match=r"HTTP 401.*check the API key: api_key_env='MY_KEY'"):
+            OpenAIEngine(base_url=launched.base_url, api_key_env="MY_KEY", startup_timeout_s=60)
+        assert time.monotonic() - started < 10
+    finally:
+        launched.close()
     # A key placed on a command line is masked in the command and the log excerpt of an error.
     with pytest.raises(EngineError) as failure:
         OpenAIEngine(launch=[sys.executable, "-c", "import sys; print(sys.argv); sys.exit(1)", "--key={api_key}"],

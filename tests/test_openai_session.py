@@ -81,7 +81,8 @@ def test_api_key_leaves_no_trace(pytester: pytest.Pytester, monkeypatch: pytest.
             "--llmperf-report", "report.json"]
     recorded = pytester.runpytest_subprocess(*args, "--update-baselines")
     recorded.assert_outcomes(passed=1)
-    checked = pytester.runpytest_subprocess(*args)
+    # The second run checks against the baseline (reading and comparing it); its numbers are not the point here.
+    checked = pytester.runpytest_subprocess(*args, "--llmperf-tolerance", "*=1000%")
     checked.assert_outcomes(passed=1)
     written = [path for path in pytester.path.rglob("*") if path.is_file() and path.suffix in (".json", ".md")]
     assert any(path.parent.name == "test_keyed" for path in written)  # the baseline

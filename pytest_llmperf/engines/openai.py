@@ -99,6 +99,14 @@ _WORD_TEXT = (
 _WORDS = tuple(_WORD_TEXT.split())
 
 
+class _HttpStatus(EngineError):
+    """The server answered, with an error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class _RequestFailed(Exception):
     def __init__(self, index: int, what: str) -> None:
         super().__init__(what)
@@ -278,7 +286,9 @@ class OpenAIEngine:
         except urllib.error.HTTPError as error:
             detail = error.read()[:300].decode(errors="replace")
             message = f"{self._where()}: {method} {path} -> HTTP {error.code}: {detail}"
-            raise EngineError(self._redact(message)) from None
+            if error.code in (401, 403):
+                message += f" (check the API key: api_key_env={self._api_key_env!r})"
+            raise _HttpStatus(self._redact(message), error.code) from None
         except (urllib.error.URLError, OSError, ValueError) as error:
             raise EngineError(self._redact(f"{self._where()}: {method} {path} failed: {error}")) from None
 
@@ -288,11 +298,16 @@ class OpenAIEngine:
             try:
                 self._http("GET", self.health_path, timeout=5)
                 return
+            except _HttpStatus as error:
+                if error.status in (401, 403, 404):  # up, and waiting will not change the answer
+                    raise
+                last: EngineError = error
             except EngineError as error:
-                if time.monotonic() > deadline:
-                    raise EngineError(
-                        f"{error} (not healthy within {self.startup_timeout_s:g} s, config key 'startup_timeout_s')"
-                    ) from None
+                last = error
+            if time.monotonic() > deadline:
+                raise EngineError(
+                    f"{last} (not healthy within {self.startup_timeout_s:g} s, config key 'startup_timeout_s')"
+                ) from None
             time.sleep(0.5)
 
     def _first_model(self) -> str:
@@ -509,6 +524,13 @@ class OpenAIEngine:
                 if response.status != 200:
                     detail = (await response.read())[:300].decode(errors="replace")
                     raise _RequestFailed(index, f"HTTP {response.status}: {detail}")
+                if response.content_type != "text/event-stream":
+                    detail = (await response.read())[:200].decode(errors="replace")
+                    raise _RequestFailed(
+                        index,
+                        f"the server did not stream (Content-Type {response.content_type}, expected "
+                        f"text/event-stream); does it support stream: true? Body: {detail}",
+                    )
                 pending = b""
                 async for data in response.content.iter_any():
                     now = perf_counter()
@@ -524,17 +546,18 @@ class OpenAIEngine:
                         try:
                             event = loads(payload)
                             choices = event["choices"]
-                        except (ValueError, KeyError, TypeError):
+                            texts = [(choice.get("text"), choice.get("finish_reason")) for choice in choices]
+                        except (ValueError, KeyError, TypeError, AttributeError):
                             if isinstance(event_error := _error_of(payload), str):
                                 what = f"the server sent an error in the stream: {event_error}"
                                 raise _RequestFailed(index, what) from None
                             raise _RequestFailed(
                                 index, f"malformed stream: an event is not a completion chunk: {payload[:200]!r}"
                             ) from None
-                        for choice in choices:
-                            if choice.get("text"):
+                        for text, finish_reason in texts:
+                            if text:
                                 chunk_times.append(now)
-                            if choice.get("finish_reason"):
+                            if finish_reason:
                                 finished = True
                         if event.get("usage"):
                             usage = event["usage"]
