@@ -55,6 +55,8 @@ class Baseline:
     metrics: dict[str, MetricRecord]
     fingerprint: dict[str, Any] = field(default_factory=dict)
     workload: dict[str, Any] = field(default_factory=dict)
+    #: Data a check compares against besides the metrics (the logit-fidelity reference), stored as given.
+    reference: Any = None
 
     @property
     def hardware_class(self) -> str | None:
@@ -72,13 +74,16 @@ class Baseline:
             }
             if record.stderr is not None:
                 metrics[name]["stderr"] = record.stderr
-        return {
+        data = {
             "schema": SCHEMA_VERSION,
             "test": self.test,
             "metrics": metrics,
             "workload": self.workload,
             "fingerprint": self.fingerprint,
         }
+        if self.reference is not None:
+            data["reference"] = self.reference
+        return data
 
 
 def hardware_class(fingerprint: dict[str, Any]) -> str | None:
@@ -216,7 +221,7 @@ def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
             path,
             f"metric {name!r} has samples {samples!r}; a list of finite numbers is required",
         )
-        if spec.unit != "score":
+        if spec.unit not in ("score", "nats"):
             _require(value >= 0 and all(s >= 0 for s in samples), path, f"metric {name!r} cannot be negative")
         stderr = record.get("stderr")
         _require(
@@ -231,7 +236,8 @@ def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
     _require(isinstance(fingerprint, dict), path, "'fingerprint' must be an object")
     workload = data.get("workload", {})
     _require(isinstance(workload, dict), path, "'workload' must be an object")
-    return Baseline(test=test, metrics=metrics, fingerprint=fingerprint, workload=workload)
+    return Baseline(test=test, metrics=metrics, fingerprint=fingerprint, workload=workload,
+                    reference=data.get("reference"))
 
 
 def load_baseline(path: Path) -> BaselineFile | None:

@@ -71,6 +71,7 @@ class Measurement:
     workload: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     stderr: Mapping[str, float | None] = field(default_factory=dict)
+    reference: Any = None
 
 
 def check_measurement(
@@ -96,7 +97,9 @@ def check_measurement(
             for name, value in measurement.metrics.items()
             if value is not None
         }
-        entry = Baseline(measurement.test, measured, measurement.fingerprint, measurement.workload)
+        entry = Baseline(
+            measurement.test, measured, measurement.fingerprint, measurement.workload, measurement.reference
+        )
         written = record_baseline(path, entry)
         outcome.status = Status.UPDATED
         kept = len(written.entries) - 1

@@ -35,7 +35,8 @@ class MetricComparison:
 
     @property
     def delta_pct(self) -> float | None:
-        if self.baseline is None or self.current is None or self.baseline == 0:
+        # A percentage of (nearly) zero says nothing (a KL divergence of 1e-15 going to 1e-3).
+        if self.baseline is None or self.current is None or abs(self.baseline) < 1e-9:
             return None
         return (self.current - self.baseline) / abs(self.baseline) * 100.0
 

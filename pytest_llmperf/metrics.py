@@ -17,7 +17,7 @@ from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.workload import RequestRecord
 
 Direction = Literal["higher", "lower"]
-Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token", "x"]
+Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token", "x", "nats"]
 
 PERCENTILES = (50, 90, 95, 99)
 LATENCY_FAMILIES = ("e2e", "ttft", "tpot", "itl")
@@ -37,6 +37,13 @@ _GPU_METRICS: dict[str, tuple[Unit, Direction]] = {
     "gpu_power_w": ("W", "lower"),
     "gpu_energy_j": ("J", "lower"),
     "gpu_j_per_token": ("J/token", "lower"),
+}
+#: Logit fidelity against a stored reference (``fidelity.py``): name -> (unit, direction).
+_FIDELITY_METRICS: dict[str, tuple[Unit, Direction]] = {
+    "kl_mean": ("nats", "lower"),
+    "kl_max": ("nats", "lower"),
+    "top1_agree": ("score", "higher"),
+    "ref_logprob_mean": ("nats", "higher"),
 }
 # lm-eval metrics where lower is better; every other ``task.metric`` is higher-is-better.
 _LOWER_IS_BETTER_ACCURACY = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter"}
@@ -76,6 +83,9 @@ def metric_spec(name: str) -> MetricSpec:
     if name in _GPU_METRICS:
         unit, direction = _GPU_METRICS[name]
         return MetricSpec(name, direction, unit)
+    if name in _FIDELITY_METRICS:
+        unit, direction = _FIDELITY_METRICS[name]
+        return MetricSpec(name, direction, unit)
     if "." in name:
         metric = name.rsplit(".", 1)[1].split(",", 1)[0]
         return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score")
@@ -89,7 +99,7 @@ def all_metric_names() -> list[str]:
     """Every speed and memory metric the runner can produce (accuracy names depend on the tasks)."""
     latency = [f"{family}_{stat}" for family in LATENCY_FAMILIES for stat in ("p50", "p90", "p95", "p99", "mean")]
     memory = ["rss_peak_gib", "mem_max_gib", "mem_mean_gib", "mem_process_gib"]
-    return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_GPU_METRICS]
+    return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_GPU_METRICS, *_FIDELITY_METRICS]
 
 
 def latency_stats(family: str, samples: Sequence[float]) -> dict[str, float | None]:

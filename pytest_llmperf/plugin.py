@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pytest_llmperf.check import CheckOutcome
     from pytest_llmperf.engines import Engine
     from pytest_llmperf.factory import EngineCache
+    from pytest_llmperf.fidelity import FidelityResult
     from pytest_llmperf.gpu import NvmlTracker
     from pytest_llmperf.runner import PerfResult
     from pytest_llmperf.scaling import ScalingResult
@@ -284,10 +285,11 @@ class PerfCheck:
         gate: Sequence[str] | None = None,
         tolerances: Mapping[str, object] | None = None,
         track_gpu: bool = False,
+        check: bool = True,
     ) -> PerfResult:
         """Run ``workload`` (default ``Workload()``) on ``engine``, check the gated metrics, return the result.
 
-        A regression fails the test; the result's metrics are also there for plain asserts. ``track_gpu``
+        A regression fails the test (``check=False``: measure only); the metrics are also on the result. ``track_gpu``
         samples the GPUs with ``NvmlTracker`` during the run, adds its metrics (``mem_max_gib``,
         ``mem_mean_gib``, ``mem_gpu<N>_gib``, ``mem_process_gib``, ``gpu_*``) to the result and gates the first
         two by default; without NVML or a GPU they are None (unavailable), never 0.
@@ -316,11 +318,85 @@ class PerfCheck:
 
         try:
             gated, samples, run_warnings = run()
+            if not check:
+                return results[-1]
             engine_fingerprint = fingerprint(results[0].engine)
             self._check(gated, samples, engine_fingerprint, workload.to_dict(), tolerances, run_warnings, remeasure=run)
         except LlmperfError as error:
             pytest.fail(str(error), pytrace=False)
         return results[-1]
+
+    def fidelity(
+        self,
+        engine: Engine,
+        prompts: Sequence[str] | None = None,
+        *,
+        top_k: int = 16,
+        gate: Sequence[str] | None = None,
+        tolerances: Mapping[str, object] | None = None,
+        check: bool = True,
+    ) -> FidelityResult:
+        """Compare the engine's next-token distributions over ``prompts`` with the reference in this test's
+        baseline: ``kl_mean``, ``kl_max``, ``top1_agree``, ``ref_logprob_mean`` (see ``fidelity.py``).
+
+        ``--update-baselines`` stores the current distributions' top-``top_k`` as the new reference. With
+        ``check=False`` nothing is checked (gather the metrics into one ``llmperf.check`` with others, passing
+        ``reference=result.reference``).
+        """
+        __tracebackhide__ = True
+        from pytest_llmperf.baseline import baseline_path, hardware_class, load_baseline
+        from pytest_llmperf.fidelity import (
+            DEFAULT_PROMPTS,
+            FIDELITY_METRICS,
+            check_reference,
+            compare_to_reference,
+            make_reference,
+        )
+        from pytest_llmperf.fingerprint import fingerprint
+
+        try:
+            texts = list(prompts if prompts is not None else DEFAULT_PROMPTS)
+            if not texts or not all(isinstance(text, str) and text for text in texts):
+                raise LlmperfError(f"fidelity prompts must be non-empty strings, got {prompts!r}")
+            if not isinstance(top_k, int) or top_k < 1:
+                raise LlmperfError(f"fidelity top_k must be a positive integer, got {top_k!r}")
+            logprobs_of = getattr(engine, "fidelity_logprobs", None)
+            if logprobs_of is None:
+                raise LlmperfError(f"the {engine.backend} engine does not expose log-probabilities for fidelity")
+            measured = [logprobs_of(text, top_k) for text in texts]
+            kinds = {kind for _, kind in measured}
+            distributions = [rows for rows, _ in measured]
+            key_kind = kinds.pop()
+            engine_fingerprint = fingerprint(engine.describe())
+            path = baseline_path(self._session.baseline_dir, self._request.node.nodeid)
+            stored = None if self._session.update else load_baseline(path)
+            entry = stored.for_hardware(hardware_class({**engine_fingerprint})) if stored is not None else None
+            if entry is not None and entry.reference is not None:
+                reference = check_reference(entry.reference, str(path))
+                if reference["prompts"] != texts:
+                    raise LlmperfError(
+                        f"{path}: the fidelity reference was recorded on other prompts; record it again with: "
+                        f"pytest -m perf --update-baselines '{self._request.node.nodeid}'"
+                    )
+            else:
+                reference = make_reference(texts, distributions, top_k, key_kind)
+            result = compare_to_reference(reference, distributions, key_kind)
+            result.reference = reference
+            if check:
+                warnings = []
+                if result.truncated:
+                    warnings.append(
+                        f"{result.truncated} of {result.positions} positions had a reference token outside the "
+                        f"engine's top-{top_k}: KL is a lower bound there"
+                    )
+                gated = {name: result.metrics[name] for name in (gate or FIDELITY_METRICS)}
+                self._check(
+                    gated, None, engine_fingerprint, {"fidelity_prompts": len(texts), "top_k": top_k},
+                    tolerances, warnings, reference=reference,
+                )
+        except LlmperfError as error:
+            pytest.fail(str(error), pytrace=False)
+        return result
 
     def scaling(
         self,
@@ -388,6 +464,7 @@ class PerfCheck:
         tolerances: Mapping[str, object] | None = None,
         warnings: Sequence[str] = (),
         stderr: Mapping[str, float | None] | None = None,
+        reference: Any = None,
     ) -> CheckOutcome:
         """Check already-measured ``metrics`` against this test's baseline (once per test).
 
@@ -399,7 +476,7 @@ class PerfCheck:
 
         try:
             merged = {**environment(), **(fingerprint or {})}
-            return self._check(metrics, samples, merged, workload, tolerances, warnings, stderr)
+            return self._check(metrics, samples, merged, workload, tolerances, warnings, stderr, reference=reference)
         except LlmperfError as error:
             pytest.fail(str(error), pytrace=False)
 
@@ -413,6 +490,7 @@ class PerfCheck:
         warnings: Sequence[str],
         stderr: Mapping[str, float | None] | None = None,
         remeasure: Callable[[], Remeasured] | None = None,
+        reference: Any = None,
     ) -> CheckOutcome:
         """Check one set of metrics; ``remeasure`` (measure() only) confirms a regression before it fails."""
         __tracebackhide__ = True
@@ -441,6 +519,7 @@ class PerfCheck:
             workload=workload or {},
             warnings=list(warnings),
             stderr=dict(stderr or {}),
+            reference=reference,
         )
         outcome = check_measurement(measurement, self._session.baseline_dir, table, update=self._session.update)
         for _ in range(self._session.confirm):

@@ -202,6 +202,31 @@ class LlamaCppEngine:
         output_tokens = self._llm.n_tokens - len(prompt) + 1
         return RequestRecord(t_send, t_done, len(prompt), output_tokens, chunk_times)
 
+    def fidelity_logprobs(self, prompt: str, top_k: int) -> tuple[list[Any], str]:
+        """Next-token distributions (full, keyed by token id) after every token of ``prompt`` (BOS first).
+
+        Tokens are evaluated one at a time, so no ``logits_all`` is needed: after each, llama.cpp's logits
+        (``llama_get_logits_ith(ctx, -1)``) are those of the last token.
+        """
+        import llama_cpp
+        import numpy as np
+
+        from pytest_llmperf.fidelity import FullDistribution
+
+        tokens = self._llm.tokenize(prompt.encode(), add_bos=True)
+        if len(tokens) > self._llm.n_ctx():
+            raise EngineError(f"fidelity prompt of {len(tokens)} tokens does not fit n_ctx={self._llm.n_ctx()}")
+        self._llm.reset()  # type: ignore[no-untyped-call]
+        rows = []
+        for token in tokens:
+            self._llm.eval([token])
+            pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+            logits = np.ctypeslib.as_array(pointer, shape=(self._llm.n_vocab(),)).astype(np.float64)
+            shifted = logits - logits.max()
+            rows.append(FullDistribution(shifted - np.log(np.exp(shifted).sum())))
+        self._llm.reset()  # type: ignore[no-untyped-call]
+        return rows, "id"
+
     def lm_eval_model(self) -> Any:
         """An lm-eval ``LM`` scoring with this engine's model (imports lm-eval)."""
         from pytest_llmperf.engines.llama_cpp_lm import LlamaCppLM

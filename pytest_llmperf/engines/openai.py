@@ -577,6 +577,26 @@ class OpenAIEngine:
             )
         return RequestRecord(t_send, t_done, prompt_tokens, len(chunk_times), chunk_times, counted_by="chunks")
 
+    def fidelity_logprobs(self, prompt: str, top_k: int) -> tuple[list[Any], str]:
+        """The server's top-``top_k`` next-token log-probabilities at every prompt position (``echo`` with
+        ``logprobs``), keyed by token text; the last one is the position after the prompt."""
+        from pytest_llmperf.fidelity import TopDistribution
+
+        body = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": top_k,
+                **self.sampling, "stream": False}
+        answer = self._http("POST", "/v1/completions", body, timeout=self.request_timeout_s)
+        try:
+            top = answer["choices"][0]["logprobs"]["top_logprobs"]
+            rows = [TopDistribution({str(k): float(v) for k, v in entry.items()}) for entry in top if entry]
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise EngineError(
+                f"{self._where()} returned no prompt log-probabilities for echo + logprobs "
+                f"(llama_cpp.server needs server_args ['--logits_all', 'True']): {str(answer)[:300]}"
+            ) from None
+        if not rows:
+            raise EngineError(f"{self._where()} returned no prompt log-probabilities for {prompt[:40]!r}")
+        return rows, "text"
+
     def host_memory_pids(self) -> list[int] | None:
         """The launched server's process (its children count too); None when attached (not measurable here)."""
         return [self._server.pid] if self._server is not None else None

@@ -1,0 +1,216 @@
+"""Logit fidelity: how far an engine's next-token distributions moved from a stored reference.
+
+Accuracy is a blunt instrument: a 4-bit model can answer the same multiple-choice questions while its output
+distribution has measurably moved. llama.cpp judges quantisations by the KL divergence of their next-token
+distributions from a reference (``llama-perplexity --kl-divergence``); this module does the same, gated like
+any other metric.
+
+For a fixed set of prompts the engine reports, at every position, the log-probabilities of the next token
+(teacher forcing over the prompt). The reference — stored in the baseline file when it is recorded — keeps the
+top-k tokens and their log-probabilities per position (compact: k numbers per position, not the vocabulary).
+Against it a run reports
+
+- ``kl_mean`` / ``kl_max``: KL(reference || current) per position, in nats, mean and max over positions. The
+  reference's top-k tokens are compared one by one and the remaining probability mass as one "rest" bucket, so
+  the value is exact when the top-k hold (nearly) all the mass and a slight underestimate otherwise;
+- ``top1_agree``: the fraction of positions where the current top-1 token is the reference's top-1;
+- ``ref_logprob_mean``: the mean current log-probability of the reference's top-1 token.
+
+Engines expose distributions through ``fidelity_logprobs(prompt, top_k)``: the in-process llama.cpp engine gives
+full distributions (keys are token ids); a server gives its top-k per position (keys are token texts, from
+``echo`` + ``logprobs``). When a reference token is missing from a server's top-k, its current log-probability
+is taken as the smallest one listed (an upper bound), so KL is a lower bound there; the result counts such
+positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pytest_llmperf.errors import LlmperfError
+
+FIDELITY_METRICS = ("kl_mean", "kl_max", "top1_agree", "ref_logprob_mean")
+#: Stored log-probabilities are rounded to this many decimals. KL is first-order in a rounding error that does
+#: not keep the distribution normalised, so 1e-9 keeps a same-engine comparison near 1e-10 nats.
+_DECIMALS = 9
+#: The probability mass outside the reference's top-k is compared as one bucket only above this (below it, the
+#: bucket is rounding noise).
+_REST_MASS = 1e-6
+
+#: Prompts used when a test gives none: plain English, so any real model has a meaningful distribution.
+DEFAULT_PROMPTS = (
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "She opened the door, looked outside, and saw that it had started to rain.",
+    "To make a cup of tea, first boil the water, then pour it over the leaves.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "In 1969, astronauts landed on the Moon for the first time.",
+    "def add(a, b):\n    return a + b\n",
+    "One, two, three, four, five, six, seven, eight, nine, ten.",
+)
+
+
+class Distribution(Protocol):
+    """One position's next-token distribution as an engine reports it."""
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` most likely tokens (keys) with their log-probabilities, most likely first."""
+
+    def logprob(self, key: str) -> float | None:
+        """The log-probability of ``key``, or None when the engine did not report it (outside its top-k)."""
+
+    def floor(self) -> float:
+        """The smallest log-probability the engine reported (an upper bound for any token it did not list)."""
+
+
+@dataclass
+class FullDistribution:
+    """A full distribution over the vocabulary (in-process engines): keys are ``"#<token id>"``."""
+
+    logprobs: Any  # numpy array (n_vocab,), log-softmax of the logits
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        import numpy as np
+
+        k = min(k, len(self.logprobs))
+        order = np.argpartition(-self.logprobs, k - 1)[:k]
+        order = order[np.argsort(-self.logprobs[order], kind="stable")]
+        return [(f"#{int(token)}", float(self.logprobs[token])) for token in order]
+
+    def logprob(self, key: str) -> float | None:
+        if not key.startswith("#"):
+            return None
+        token = int(key[1:])
+        return float(self.logprobs[token]) if 0 <= token < len(self.logprobs) else None
+
+    def floor(self) -> float:
+        return float(self.logprobs.min())
+
+
+@dataclass
+class TopDistribution:
+    """The top-k a server reported for one position: keys are token texts."""
+
+    listed: dict[str, float]
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return sorted(self.listed.items(), key=lambda item: -item[1])[:k]
+
+    def logprob(self, key: str) -> float | None:
+        return self.listed.get(key)
+
+    def floor(self) -> float:
+        return min(self.listed.values()) if self.listed else -math.inf
+
+
+@dataclass
+class FidelityResult:
+    """The four metrics, and how the comparison went."""
+
+    metrics: dict[str, float]
+    positions: int
+    #: Positions where a reference token was outside the engine's reported top-k (KL is a lower bound there).
+    truncated: int = 0
+    reference: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> float:
+        metrics = self.__dict__.get("metrics")
+        if metrics is not None and name in metrics:
+            return float(metrics[name])
+        raise AttributeError(name)
+
+
+def make_reference(
+    prompts: Sequence[str], distributions: Sequence[Sequence[Distribution]], top_k: int, key_kind: str
+) -> dict[str, Any]:
+    """The compact reference stored in the baseline: per prompt and position, top-k keys and log-probs."""
+    positions = []
+    for per_prompt in distributions:
+        rows = []
+        for distribution in per_prompt:
+            top = distribution.top(top_k)
+            rows.append([[key for key, _ in top], [round(lp, _DECIMALS) for _, lp in top]])
+        positions.append(rows)
+    return {"top_k": top_k, "keys": key_kind, "prompts": list(prompts), "positions": positions}
+
+
+def check_reference(reference: Any, where: str) -> dict[str, Any]:
+    """Validate a stored reference; raises naming ``where`` and what is wrong."""
+    if not isinstance(reference, dict):
+        raise LlmperfError(f"{where}: the fidelity reference must be an object")
+    prompts, positions = reference.get("prompts"), reference.get("positions")
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise LlmperfError(f"{where}: the fidelity reference needs 'prompts', a list of strings")
+    if not isinstance(positions, list) or len(positions) != len(prompts):
+        raise LlmperfError(f"{where}: the fidelity reference needs 'positions', one list per prompt")
+    for per_prompt in positions:
+        for row in per_prompt if isinstance(per_prompt, list) else [None]:
+            if not (
+                isinstance(row, list)
+                and len(row) == 2
+                and isinstance(row[0], list)
+                and isinstance(row[1], list)
+                and len(row[0]) == len(row[1]) > 0
+                and all(isinstance(lp, (int, float)) and lp <= 1e-6 for lp in row[1])
+            ):
+                raise LlmperfError(f"{where}: a fidelity reference position must be [[keys...], [logprobs <= 0...]]")
+    if reference.get("keys") not in ("id", "text"):
+        raise LlmperfError(f"{where}: the fidelity reference's 'keys' must be 'id' or 'text'")
+    return reference
+
+
+def compare_to_reference(
+    reference: Mapping[str, Any], distributions: Sequence[Sequence[Distribution]], key_kind: str
+) -> FidelityResult:
+    """KL, top-1 agreement and reference-token log-probability of ``distributions`` against ``reference``."""
+    if reference["keys"] != key_kind:
+        raise LlmperfError(
+            f"the fidelity reference was recorded with token {reference['keys']} keys and this engine reports "
+            f"token {key_kind} keys (an in-process engine vs a server); record the baseline with this engine"
+        )
+    kls: list[float] = []
+    agree = 0
+    ref_logprobs: list[float] = []
+    truncated = 0
+    for index, (expected, current) in enumerate(zip(reference["positions"], distributions, strict=True)):
+        if len(expected) != len(current):
+            raise LlmperfError(
+                f"fidelity prompt {index} has {len(current)} positions now and {len(expected)} in the reference "
+                "(a different tokenizer?); record the baseline again if that is intended"
+            )
+        for (keys, logprobs), distribution in zip(expected, current, strict=True):
+            floor = distribution.floor()
+            kl = 0.0
+            mass_p = mass_q = 0.0
+            missing = False
+            current_lps = []
+            for key, lp in zip(keys, logprobs, strict=True):
+                lq = distribution.logprob(key)
+                if lq is None:
+                    lq, missing = floor, True
+                current_lps.append(lq)
+                p = math.exp(lp)
+                kl += p * (lp - lq)
+                mass_p += p
+                mass_q += math.exp(lq)
+            rest_p = max(0.0, 1.0 - mass_p)
+            rest_q = max(1e-12, 1.0 - mass_q)
+            if rest_p > _REST_MASS:
+                kl += rest_p * (math.log(rest_p) - math.log(rest_q))
+            kls.append(max(kl, 0.0))
+            truncated += missing
+            top_now = distribution.top(1)
+            agree += bool(top_now) and top_now[0][0] == keys[0]
+            ref_logprobs.append(current_lps[0])
+    if not kls:
+        raise LlmperfError("the fidelity prompts gave no position to compare")
+    metrics = {
+        "kl_mean": sum(kls) / len(kls),
+        "kl_max": max(kls),
+        "top1_agree": agree / len(kls),
+        "ref_logprob_mean": sum(ref_logprobs) / len(ref_logprobs),
+    }
+    return FidelityResult(metrics, len(kls), truncated)
