@@ -32,10 +32,10 @@ DEFAULT_TOLERANCES: dict[str, str] = {
     "rss_peak_gib": "20%",
     "mem_*": "10%",
     "gpu_*": "20%",
-    # Logit fidelity is deterministic (same engine, same numbers); these let through what a rebuild or a
-    # thread-count change does (< 1e-9 nats measured) and catch an 8-bit quantisation (1e-6 to 3e-5 nats).
-    "kl_mean": "1e-6",
-    "kl_max": "1e-4",
+    # Logit fidelity: in-process engines repeat their numbers exactly; a server's prefix cache moved KL by ~1e-6
+    # nats here. These let that through and catch a 4-bit quantisation (see the README for measured values).
+    "kl_mean": "1e-5",
+    "kl_max": "1e-3",
     "top1_agree": "0.01",
     "ref_logprob_mean": "0.01",
     "speedup": "30%",

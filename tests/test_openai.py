@@ -233,3 +233,23 @@ def test_api_key_reaches_the_server_but_no_message(monkeypatch: pytest.MonkeyPat
         OpenAIEngine(launch=[sys.executable, "-c", "import sys; print(sys.argv); sys.exit(1)", "--key={api_key}"],
                      api_key_env="MY_KEY")
     assert "sk-wrong" not in str(failure.value) and "--key=***" in str(failure.value)
+
+
+def test_fidelity_through_a_server_uses_its_echoed_top_logprobs(server: OpenAIEngine) -> None:
+    from pytest_llmperf.fidelity import compare_to_reference, make_reference
+
+    prompts = ["The capital of France is Paris.", "One two three four"]
+    rows = [server.fidelity_logprobs(prompt, 5)[0] for prompt in prompts]
+    assert all(len(per_prompt) >= 4 for per_prompt in rows)
+    assert all(len(row.listed) >= 5 for per_prompt in rows for row in per_prompt)
+    reference = make_reference(prompts, rows, 5, "text")
+    again = compare_to_reference(reference, [server.fidelity_logprobs(p, 5)[0] for p in prompts], "text")
+    # Not exactly 0: the second request reuses the server's cached prompt prefix, which moves the numbers a bit.
+    assert again.kl_max < 1e-5 and again.top1_agree == 1.0
+    # llama_cpp.server computes prompt log-probabilities only with logits_all (its default); without: named error.
+    engine = OpenAIEngine(launch="llama_cpp_server", model="q4_k_m", server_args=["--logits_all", "False"])
+    try:
+        with pytest.raises(EngineError, match=r"returned no prompt log-probabilities.*--logits_all"):
+            engine.fidelity_logprobs("one two three", 4)
+    finally:
+        engine.close()

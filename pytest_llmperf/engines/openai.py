@@ -584,7 +584,13 @@ class OpenAIEngine:
 
         body = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": top_k,
                 **self.sampling, "stream": False}
-        answer = self._http("POST", "/v1/completions", body, timeout=self.request_timeout_s)
+        try:
+            answer = self._http("POST", "/v1/completions", body, timeout=self.request_timeout_s)
+        except _HttpStatus as error:
+            raise EngineError(
+                f"{self._where()} returned no prompt log-probabilities for echo + logprobs ({error}); "
+                "llama_cpp.server needs server_args ['--logits_all', 'True']"
+            ) from None
         try:
             top = answer["choices"][0]["logprobs"]["top_logprobs"]
             rows = [TopDistribution({str(k): float(v) for k, v in entry.items()}) for entry in top if entry]
