@@ -123,6 +123,28 @@ class FidelityResult:
         raise AttributeError(name)
 
 
+def distributions_of(engine: Any, prompts: Sequence[str], top_k: int) -> tuple[list[list[Distribution]], str]:
+    """The engine's next-token distributions for every prompt, and the kind of token keys it uses."""
+    logprobs_of = getattr(engine, "fidelity_logprobs", None)
+    if logprobs_of is None:
+        raise LlmperfError(f"the {engine.backend} engine does not expose log-probabilities for fidelity")
+    measured = [logprobs_of(text, top_k) for text in prompts]
+    return [rows for rows, _ in measured], measured[0][1]
+
+
+def reference_of(engine: Any, prompts: Sequence[str], top_k: int = 16) -> dict[str, Any]:
+    """A reference taken from ``engine`` now (e.g. the F16 model, to compare its quantisations with), for
+    ``llmperf.fidelity(..., reference=...)``; ``"source"`` names the engine's model file."""
+    from pathlib import Path
+
+    rows, kind = distributions_of(engine, prompts, top_k)
+    reference = make_reference(prompts, rows, top_k, kind)
+    description = engine.describe()
+    model = description.get("model_path") or description.get("model")
+    reference["source"] = Path(str(model)).name if model else description.get("backend")
+    return reference
+
+
 def make_reference(
     prompts: Sequence[str], distributions: Sequence[Sequence[Distribution]], top_k: int, key_kind: str
 ) -> dict[str, Any]:

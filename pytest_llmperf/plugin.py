@@ -332,6 +332,7 @@ class PerfCheck:
         prompts: Sequence[str] | None = None,
         *,
         top_k: int = 16,
+        reference: Mapping[str, Any] | None = None,
         gate: Sequence[str] | None = None,
         tolerances: Mapping[str, object] | None = None,
         check: bool = True,
@@ -340,8 +341,10 @@ class PerfCheck:
         baseline: ``kl_mean``, ``kl_max``, ``top1_agree``, ``ref_logprob_mean`` (see ``fidelity.py``).
 
         ``--update-baselines`` stores the current distributions' top-``top_k`` as the new reference. With
-        ``check=False`` nothing is checked (gather the metrics into one ``llmperf.check`` with others, passing
-        ``reference=result.reference``).
+        ``reference`` (``fidelity.reference_of(f16_engine, prompts)``, e.g. when ``engine`` is a quantisation of
+        that model) the metrics are KL etc. from that reference, taken fresh on every run, and gated against the
+        stored values like any other. With ``check=False`` nothing is checked: gather the metrics into one
+        ``llmperf.check`` with others, passing ``reference=result.reference`` (stored-reference mode only).
         """
         __tracebackhide__ = True
         from pytest_llmperf.baseline import baseline_path, hardware_class, load_baseline
@@ -350,6 +353,7 @@ class PerfCheck:
             FIDELITY_METRICS,
             check_reference,
             compare_to_reference,
+            distributions_of,
             make_reference,
         )
         from pytest_llmperf.fingerprint import fingerprint
@@ -360,18 +364,18 @@ class PerfCheck:
                 raise LlmperfError(f"fidelity prompts must be non-empty strings, got {prompts!r}")
             if not isinstance(top_k, int) or top_k < 1:
                 raise LlmperfError(f"fidelity top_k must be a positive integer, got {top_k!r}")
-            logprobs_of = getattr(engine, "fidelity_logprobs", None)
-            if logprobs_of is None:
-                raise LlmperfError(f"the {engine.backend} engine does not expose log-probabilities for fidelity")
-            measured = [logprobs_of(text, top_k) for text in texts]
-            kinds = {kind for _, kind in measured}
-            distributions = [rows for rows, _ in measured]
-            key_kind = kinds.pop()
+            distributions, key_kind = distributions_of(engine, texts, top_k)
             engine_fingerprint = fingerprint(engine.describe())
             path = baseline_path(self._session.baseline_dir, self._request.node.nodeid)
-            stored = None if self._session.update else load_baseline(path)
+            stored = None if self._session.update or reference is not None else load_baseline(path)
             entry = stored.for_hardware(hardware_class({**engine_fingerprint})) if stored is not None else None
-            if entry is not None and entry.reference is not None:
+            stored_reference = reference is None
+            if reference is not None:
+                reference = check_reference(dict(reference), "fidelity(reference=...)")
+                if reference["prompts"] != texts:
+                    raise LlmperfError("fidelity(reference=...) was taken on other prompts than this check's")
+                engine_fingerprint["fidelity_reference"] = reference.get("source")
+            elif entry is not None and entry.reference is not None:
                 reference = check_reference(entry.reference, str(path))
                 if reference["prompts"] != texts:
                     raise LlmperfError(
@@ -392,7 +396,7 @@ class PerfCheck:
                 gated = {name: result.metrics[name] for name in (gate or FIDELITY_METRICS)}
                 self._check(
                     gated, None, engine_fingerprint, {"fidelity_prompts": len(texts), "top_k": top_k},
-                    tolerances, warnings, reference=reference,
+                    tolerances, warnings, reference=reference if stored_reference else None,
                 )
         except LlmperfError as error:
             pytest.fail(str(error), pytrace=False)
@@ -465,17 +469,21 @@ class PerfCheck:
         warnings: Sequence[str] = (),
         stderr: Mapping[str, float | None] | None = None,
         reference: Any = None,
+        engine: Engine | None = None,
     ) -> CheckOutcome:
         """Check already-measured ``metrics`` against this test's baseline (once per test).
 
-        The fingerprint holds this machine's library versions and hardware class, updated with ``fingerprint``.
+        The fingerprint holds this machine's library versions and hardware class, ``engine``'s description
+        (backend, config, model file and sha256) when given, updated with ``fingerprint``.
         A regression fails the test; a missing or not-comparable baseline warns or skips (strict: fails).
         """
         __tracebackhide__ = True
         from pytest_llmperf.fingerprint import environment
+        from pytest_llmperf.fingerprint import fingerprint as engine_fingerprint
 
         try:
-            merged = {**environment(), **(fingerprint or {})}
+            described = engine_fingerprint(engine.describe()) if engine is not None else environment()
+            merged = {**described, **(fingerprint or {})}
             return self._check(metrics, samples, merged, workload, tolerances, warnings, stderr, reference=reference)
         except LlmperfError as error:
             pytest.fail(str(error), pytrace=False)
@@ -827,7 +835,7 @@ def pytest_testnodedown(node: Any, error: object) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    from pytest_llmperf.report import render_notes, render_table
+    from pytest_llmperf.report import align, render_notes, render_table, tradeoff_rows
     from pytest_llmperf.scaling import render_scaling
 
     session = config.stash.get(session_key, None)
@@ -841,6 +849,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line("")
         for note in notes:
             terminalreporter.write_line(note)
+    tradeoff = tradeoff_rows(session.outcomes)
+    if tradeoff:
+        terminalreporter.write_line("")
+        terminalreporter.write_line("trade-off (current values; accuracy and fidelity beside speed and memory):")
+        for line in align(tradeoff, numeric=set(range(1, len(tradeoff[0])))):
+            terminalreporter.write_line("  " + line)
     if session.scaling:
         terminalreporter.write_line("")
         terminalreporter.write_line("scaling (speedup: tok/s over the lowest concurrency's; efficiency: speedup / N):")

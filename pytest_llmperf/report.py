@@ -63,6 +63,32 @@ def render_table(outcomes: Sequence[CheckOutcome]) -> list[str]:
     return align([HEADER, rule, *rows], numeric={2, 3, 4})
 
 
+_SPEED = ("completion_tok_s", "total_tok_s")
+_MEMORY = ("rss_peak_gib", "mem_max_gib")
+_FIDELITY = ("kl_mean", "top1_agree")
+
+
+def tradeoff_rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, ...]]:
+    """Speed vs memory vs accuracy vs fidelity, one row per test that checked a speed metric together with an
+    accuracy or fidelity metric (the way the study compares quantisations); header first, or no row."""
+    tables = []
+    for outcome in sorted(outcomes, key=lambda o: o.test):
+        values = {c.metric: c.current for c in outcome.comparisons}
+        quality = [name for name in values if "." in name or name in _FIDELITY]
+        if quality and any(name in values for name in _SPEED):
+            tables.append((outcome.test, values, quality))
+    if not tables:
+        return []
+    speed = [name for name in _SPEED if any(name in values for _, values, _ in tables)][:1]
+    memory = [name for name in _MEMORY if any(name in values for _, values, _ in tables)]
+    quality = sorted({name for _, _, names in tables for name in names}, key=lambda n: (n in _FIDELITY, n))
+    columns = [*speed, *memory, *quality]
+    rows: list[tuple[str, ...]] = [("test", *columns)]
+    for test, values, _ in tables:
+        rows.append((test, *(format_value(values.get(name)) for name in columns)))
+    return rows
+
+
 def render_notes(outcomes: Sequence[CheckOutcome]) -> list[str]:
     """Per-test notes under the table: fingerprint changes, new/incomparable baselines, warnings."""
     notes = []
@@ -152,6 +178,12 @@ def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingR
     notes = render_notes(ordered)
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
+    tradeoff = tradeoff_rows(ordered)
+    if tradeoff:
+        lines += ["", "### Trade-off (current values)", ""]
+        lines.append("| " + " | ".join(tradeoff[0]) + " |")
+        lines.append("|" + "---|" * len(tradeoff[0]))
+        lines += ["| " + " | ".join(row) + " |" for row in tradeoff[1:]]
     for result in sorted(scaling, key=lambda r: r.test):
         lines += ["", f"### Scaling: {result.test}", ""]
         lines.append("| " + " | ".join(SCALING_HEADER) + " |")

@@ -179,3 +179,30 @@ def test_metrics_reach_pytest_benchmark_extra_info(pytester: pytest.Pytester, mo
     result.assert_outcomes(passed=1)
     bench = json.loads((pytester.path / "bench.json").read_text())
     assert bench["benchmarks"][0]["extra_info"] == {"llmperf.e2e_p99": 0.25}
+
+
+def test_tradeoff_table_puts_quality_beside_speed_and_memory() -> None:
+    from pathlib import Path
+
+    from pytest_llmperf.check import CheckOutcome, Status
+    from pytest_llmperf.compare import MetricComparison, Verdict
+    from pytest_llmperf.report import render_markdown, tradeoff_rows
+    from pytest_llmperf.tolerance import Tolerance
+
+    def outcome(test: str, values: dict[str, float]) -> CheckOutcome:
+        tolerance = Tolerance("relative", 0.1, "10%")
+        comparisons = [MetricComparison(name, value, value, tolerance, Verdict.OK) for name, value in values.items()]
+        return CheckOutcome(test, Path("b.json"), Status.PASSED, comparisons, [], [], "")
+
+    outcomes = [
+        outcome("t::q4_0", {"completion_tok_s": 900.0, "rss_peak_gib": 0.01, "add.exact_match": 0.84,
+                            "kl_mean": 0.002, "top1_agree": 0.97}),
+        outcome("t::f16", {"completion_tok_s": 700.0, "rss_peak_gib": 0.02, "add.exact_match": 0.87,
+                           "kl_mean": 0.0, "top1_agree": 1.0}),
+        outcome("t::speed_only", {"completion_tok_s": 5.0}),
+    ]
+    rows = tradeoff_rows(outcomes)
+    assert rows[0] == ("test", "completion_tok_s", "rss_peak_gib", "add.exact_match", "kl_mean", "top1_agree")
+    assert [row[0] for row in rows[1:]] == ["t::f16", "t::q4_0"]  # speed-only tests are not trade-offs
+    assert rows[2][1:] == ("900.0", "0.01", "0.84", "2.000e-03", "0.97")
+    assert "### Trade-off (current values)" in render_markdown(outcomes)
