@@ -1,7 +1,8 @@
 """Accuracy by lm-eval's own evaluator (``simple_evaluate``) on the engine under test.
 
 Tasks are the offline ones shipped in ``pytest_llmperf/tasks`` (``llmperf_arc``, ``llmperf_hellaswag``,
-``llmperf_gsm``), a path to an lm-eval task YAML, or any task name lm-eval knows. lm-eval runs offline and
+``llmperf_gsm``, and for the trained addition model ``llmperf_addition``, ``llmperf_addition_mc``), a path to
+an lm-eval task YAML, or any task name lm-eval knows. lm-eval runs offline and
 quiet: ``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE`` are set unless the user set them, no progress bars, no
 ``git describe`` into whatever repository the tests run in. lm-eval is imported only here, only when scored.
 
@@ -24,7 +25,7 @@ from typing import Any
 from pytest_llmperf.errors import LlmperfError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-SHIPPED_TASKS = ("llmperf_arc", "llmperf_hellaswag", "llmperf_gsm")
+SHIPPED_TASKS = ("llmperf_arc", "llmperf_hellaswag", "llmperf_gsm", "llmperf_addition", "llmperf_addition_mc")
 
 
 @dataclass
@@ -88,8 +89,10 @@ def resolve_tasks(tasks: Sequence[str]) -> tuple[list[str | dict[str, Any]], lis
     fingerprint: dict[str, Any] = {}
     for task in tasks:
         if task in SHIPPED_TASKS:
-            specs.append(_shipped_task(task))
-            files = [TASKS_DIR / f"{task}.yaml", TASKS_DIR / f"{task}.jsonl"]
+            shipped = _shipped_task(task)
+            specs.append(shipped)
+            data = [Path(path) for path in shipped["dataset_kwargs"]["data_files"].values()]
+            files = [TASKS_DIR / f"{task}.yaml", *data]
             fingerprint[task] = {"source": "pytest-llmperf", "sha256": _task_file_digest(files)}
         elif task.endswith((".yaml", ".yml")):
             specs.append(_user_yaml(task))

@@ -6,7 +6,9 @@ distributions from a reference (``llama-perplexity --kl-divergence``); this modu
 any other metric.
 
 For a fixed set of prompts the engine reports, at every position, the log-probabilities of the next token
-(teacher forcing over the prompt). The reference — stored in the baseline file when it is recorded — keeps the
+(teacher forcing over the prompt). A prompt given as ``(context, continuation)`` is scored only where it predicts
+the continuation (from the last context token on): the positions a model was trained or is used to predict,
+not the inside of a question it only reads. The reference — stored in the baseline file when it is recorded — keeps the
 top-k tokens and their log-probabilities per position (compact: k numbers per position, not the vocabulary).
 Against it a run reports
 
@@ -51,6 +53,39 @@ DEFAULT_PROMPTS = (
     "def add(a, b):\n    return a + b\n",
     "One, two, three, four, five, six, seven, eight, nine, ten.",
 )
+
+
+#: A prompt: a text (every position counts) or [context, continuation] (the continuation's positions count).
+Prompt = str | list[str]
+
+
+def normalise_prompts(prompts: Sequence[str | Sequence[str]]) -> list[Prompt]:
+    """Prompts as stored in a reference (JSON-safe): strings, or ``[context, continuation]`` lists."""
+    normalised: list[Prompt] = []
+    for item in prompts:
+        if isinstance(item, str) and item:
+            normalised.append(item)
+        elif (
+            isinstance(item, (list, tuple))
+            and len(item) == 2
+            and all(isinstance(part, str) for part in item)
+            and item[1]
+        ):
+            normalised.append([item[0], item[1]])
+        else:
+            raise LlmperfError(
+                f"fidelity prompt {item!r} must be a non-empty string or a (context, continuation) pair of strings"
+            )
+    if not normalised:
+        raise LlmperfError("fidelity needs at least one prompt")
+    return normalised
+
+
+def split_prompt(prompt: Prompt) -> tuple[str, str]:
+    """``(text, context)``: the whole text to evaluate and the part of it whose positions are skipped."""
+    if isinstance(prompt, str):
+        return prompt, ""
+    return prompt[0] + prompt[1], prompt[0]
 
 
 class Distribution(Protocol):
@@ -123,22 +158,30 @@ class FidelityResult:
         raise AttributeError(name)
 
 
-def distributions_of(engine: Any, prompts: Sequence[str], top_k: int) -> tuple[list[list[Distribution]], str]:
-    """The engine's next-token distributions for every prompt, and the kind of token keys it uses."""
+def distributions_of(engine: Any, prompts: Sequence[Prompt], top_k: int) -> tuple[list[list[Distribution]], str]:
+    """The engine's next-token distributions for every prompt, and the kind of token keys it uses.
+
+    Engines implement ``fidelity_logprobs(text, top_k, context="")``: distributions after every token of
+    ``text`` from the last token of ``context`` on (all of them when ``context`` is empty).
+    """
     logprobs_of = getattr(engine, "fidelity_logprobs", None)
     if logprobs_of is None:
         raise LlmperfError(f"the {engine.backend} engine does not expose log-probabilities for fidelity")
-    measured = [logprobs_of(text, top_k) for text in prompts]
+    measured = []
+    for prompt in normalise_prompts(prompts):
+        text, context = split_prompt(prompt)
+        measured.append(logprobs_of(text, top_k, context=context))
     return [rows for rows, _ in measured], measured[0][1]
 
 
-def reference_of(engine: Any, prompts: Sequence[str], top_k: int = 16) -> dict[str, Any]:
+def reference_of(engine: Any, prompts: Sequence[str | Sequence[str]], top_k: int = 16) -> dict[str, Any]:
     """A reference taken from ``engine`` now (e.g. the F16 model, to compare its quantisations with), for
     ``llmperf.fidelity(..., reference=...)``; ``"source"`` names the engine's model file."""
     from pathlib import Path
 
-    rows, kind = distributions_of(engine, prompts, top_k)
-    reference = make_reference(prompts, rows, top_k, kind)
+    normalised = normalise_prompts(prompts)
+    rows, kind = distributions_of(engine, normalised, top_k)
+    reference = make_reference(normalised, rows, top_k, kind)
     description = engine.describe()
     model = description.get("model_path") or description.get("model")
     reference["source"] = Path(str(model)).name if model else description.get("backend")
@@ -146,7 +189,7 @@ def reference_of(engine: Any, prompts: Sequence[str], top_k: int = 16) -> dict[s
 
 
 def make_reference(
-    prompts: Sequence[str], distributions: Sequence[Sequence[Distribution]], top_k: int, key_kind: str
+    prompts: Sequence[Prompt], distributions: Sequence[Sequence[Distribution]], top_k: int, key_kind: str
 ) -> dict[str, Any]:
     """The compact reference stored in the baseline: per prompt and position, top-k keys and log-probs."""
     positions = []
@@ -163,9 +206,16 @@ def check_reference(reference: Any, where: str) -> dict[str, Any]:
     """Validate a stored reference; raises naming ``where`` and what is wrong."""
     if not isinstance(reference, dict):
         raise LlmperfError(f"{where}: the fidelity reference must be an object")
-    prompts, positions = reference.get("prompts"), reference.get("positions")
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise LlmperfError(f"{where}: the fidelity reference needs 'prompts', a list of strings")
+    prompts: Any = reference.get("prompts")
+    positions: Any = reference.get("positions")
+    try:
+        if not isinstance(prompts, list):
+            raise LlmperfError("not a list")
+        normalise_prompts(prompts)
+    except LlmperfError:
+        raise LlmperfError(
+            f"{where}: the fidelity reference needs 'prompts', a list of strings or [context, continuation] pairs"
+        ) from None
     if not isinstance(positions, list) or len(positions) != len(prompts):
         raise LlmperfError(f"{where}: the fidelity reference needs 'positions', one list per prompt")
     for per_prompt in positions:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,17 @@ if TYPE_CHECKING:
 BUILDER_VERSION = 1
 
 #: Quantised variants of the embedded model, by the name used in configs and test ids.
-VARIANTS: dict[str, str] = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
+VARIANTS: dict[str, str] = {
+    "f16": "MOSTLY_F16",
+    "q8_0": "MOSTLY_Q8_0",
+    "q4_k_m": "MOSTLY_Q4_K_M",
+    "q4_0": "MOSTLY_Q4_0",
+}
+
+#: The shipped trained models (``tools/train_addition_model.py``): F16 GGUFs in the package, quantised on use.
+TRAINED_DIR = Path(__file__).parent / "models"
+TRAINED_CHECKPOINTS = ("full", "partial")
+_TRAINED_NAME = re.compile(r"^addition-(?P<checkpoint>full|partial)-(?P<variant>[a-z0-9_]+)$")
 
 _SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
@@ -220,6 +231,42 @@ def default_model_path(variant: str = "f16", spec: TinyLlamaSpec = DEFAULT_SPEC)
             _build_atomically(f16_path, lambda tmp: write_tiny_llama(tmp, spec))
         if not target.exists():
             _build_atomically(target, lambda tmp: quantize(f16_path, tmp, variant))
+    return target
+
+
+def trained_model_names() -> list[str]:
+    return [f"addition-{checkpoint}-{variant}" for checkpoint in TRAINED_CHECKPOINTS for variant in VARIANTS]
+
+
+def is_trained_model_name(name: str) -> bool:
+    match = _TRAINED_NAME.match(name)
+    return match is not None and match["variant"] in VARIANTS
+
+
+def trained_model_path(name: str) -> Path:
+    """Path of the shipped trained model ``addition-<full|partial>-<variant>``; quantised into the cache on
+    first use (the F16 file is used where it is shipped)."""
+    match = _TRAINED_NAME.match(name)
+    if match is None or match["variant"] not in VARIANTS:
+        raise LlmperfError(f"unknown trained model {name!r}; choose one of {', '.join(trained_model_names())}")
+    shipped = TRAINED_DIR / f"addition-{match['checkpoint']}-f16.gguf"
+    if not shipped.is_file():
+        raise LlmperfError(
+            f"the shipped model file {shipped} is missing (rebuild it: python tools/train_addition_model.py)"
+        )
+    if match["variant"] == "f16":
+        return shipped
+    from filelock import FileLock
+
+    directory = cache_dir() / "models"
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"addition-{match['checkpoint']}-{file_sha256(shipped)[:12]}"
+    target = directory / f"{stem}-{match['variant']}.gguf"
+    if target.exists():
+        return target
+    with FileLock(str(directory / f"{stem}.lock")):
+        if not target.exists():
+            _build_atomically(target, lambda tmp: quantize(shipped, tmp, match["variant"]))
     return target
 
 

@@ -355,13 +355,12 @@ class PerfCheck:
             compare_to_reference,
             distributions_of,
             make_reference,
+            normalise_prompts,
         )
         from pytest_llmperf.fingerprint import fingerprint
 
         try:
-            texts = list(prompts if prompts is not None else DEFAULT_PROMPTS)
-            if not texts or not all(isinstance(text, str) and text for text in texts):
-                raise LlmperfError(f"fidelity prompts must be non-empty strings, got {prompts!r}")
+            texts = normalise_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
             if not isinstance(top_k, int) or top_k < 1:
                 raise LlmperfError(f"fidelity top_k must be a positive integer, got {top_k!r}")
             distributions, key_kind = distributions_of(engine, texts, top_k)

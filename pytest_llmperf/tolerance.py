@@ -33,10 +33,11 @@ DEFAULT_TOLERANCES: dict[str, str] = {
     "mem_*": "10%",
     "gpu_*": "20%",
     # Logit fidelity: in-process engines repeat their numbers exactly; a server's prefix cache moved KL by ~1e-6
-    # nats here. These let that through and catch a 4-bit quantisation (see the README for measured values).
+    # nats here. These let that through and catch a 4-bit quantisation of the trained model (KL 2e-4 to 2e-3;
+    # README, "A trained model"). Any position whose greedy (top-1) token changed fails: greedy output changed.
     "kl_mean": "1e-5",
     "kl_max": "1e-3",
-    "top1_agree": "0.01",
+    "top1_agree": "0",
     "ref_logprob_mean": "0.01",
     "speedup": "30%",
     "efficiency": "30%",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.errors import EngineError
-from pytest_llmperf.model import VARIANTS, default_model_path
+from pytest_llmperf.model import VARIANTS, default_model_path, is_trained_model_name, trained_model_path
 from pytest_llmperf.workload import Request, RequestRecord
 
 # Defaults that make measurements repeatable; every one can be overridden in the config.
@@ -44,16 +44,19 @@ def _parameters(function: Any) -> set[str]:
 
 
 def resolve_model(model: str | os.PathLike[str] | None) -> Path:
-    """A model path from a config value: None (embedded F16), an embedded variant name, or a GGUF path."""
+    """A model path from a config value: None (embedded F16), an embedded variant name, a trained model name
+    (``addition-full-q4_0``), or a GGUF path."""
     if model is None:
         return default_model_path("f16")
     if isinstance(model, str) and model in VARIANTS:
         return default_model_path(model)
+    if isinstance(model, str) and is_trained_model_name(model):
+        return trained_model_path(model)
     path = Path(model).expanduser()
     if not path.is_file():
         raise EngineError(
-            f"model file not found: {path} (config key 'model'; give a GGUF path or one of the embedded "
-            f"variants {', '.join(VARIANTS)})"
+            f"model file not found: {path} (config key 'model'; give a GGUF path, one of the embedded "
+            f"variants {', '.join(VARIANTS)}, or a trained model addition-<full|partial>-<variant>)"
         )
     return path
 
@@ -202,8 +205,9 @@ class LlamaCppEngine:
         output_tokens = self._llm.n_tokens - len(prompt) + 1
         return RequestRecord(t_send, t_done, len(prompt), output_tokens, chunk_times)
 
-    def fidelity_logprobs(self, prompt: str, top_k: int) -> tuple[list[Any], str]:
-        """Next-token distributions (full, keyed by token id) after every token of ``prompt`` (BOS first).
+    def fidelity_logprobs(self, prompt: str, top_k: int, context: str = "") -> tuple[list[Any], str]:
+        """Next-token distributions (full, keyed by token id) after every token of ``prompt`` (BOS first), from
+        the last token of ``context`` (a prefix of ``prompt``) on.
 
         Tokens are evaluated one at a time, so no ``logits_all`` is needed: after each, llama.cpp's logits
         (``llama_get_logits_ith(ctx, -1)``) are those of the last token.
@@ -225,6 +229,9 @@ class LlamaCppEngine:
             shifted = logits - logits.max()
             rows.append(FullDistribution(shifted - np.log(np.exp(shifted).sum())))
         self._llm.reset()  # type: ignore[no-untyped-call]
+        if context:
+            skipped = len(self._llm.tokenize(context.encode(), add_bos=True)) - 1
+            return rows[max(skipped, 0) :], "id"
         return rows, "id"
 
     def lm_eval_model(self) -> Any:

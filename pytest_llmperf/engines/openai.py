@@ -577,9 +577,10 @@ class OpenAIEngine:
             )
         return RequestRecord(t_send, t_done, prompt_tokens, len(chunk_times), chunk_times, counted_by="chunks")
 
-    def fidelity_logprobs(self, prompt: str, top_k: int) -> tuple[list[Any], str]:
+    def fidelity_logprobs(self, prompt: str, top_k: int, context: str = "") -> tuple[list[Any], str]:
         """The server's top-``top_k`` next-token log-probabilities at every prompt position (``echo`` with
-        ``logprobs``), keyed by token text; the last one is the position after the prompt."""
+        ``logprobs``), keyed by token text, from the last token of ``context`` on; the last one is the position
+        after the prompt."""
         from pytest_llmperf.fidelity import TopDistribution
 
         body = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": top_k,
@@ -592,8 +593,12 @@ class OpenAIEngine:
                 "llama_cpp.server needs server_args ['--logits_all', 'True']"
             ) from None
         try:
-            top = answer["choices"][0]["logprobs"]["top_logprobs"]
-            rows = [TopDistribution({str(k): float(v) for k, v in entry.items()}) for entry in top if entry]
+            logprobs = answer["choices"][0]["logprobs"]
+            top = logprobs["top_logprobs"]
+            # top_logprobs[i] predicts token i (the first has none): keep those predicting the continuation.
+            offsets = logprobs.get("text_offset") or []
+            first = next((i for i, offset in enumerate(offsets) if offset >= len(context)), len(top)) if context else 0
+            rows = [TopDistribution({str(k): float(v) for k, v in entry.items()}) for entry in top[first:] if entry]
         except (KeyError, IndexError, TypeError, AttributeError, ValueError):
             raise EngineError(
                 f"{self._where()} returned no prompt log-probabilities for echo + logprobs "

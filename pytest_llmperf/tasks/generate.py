@@ -7,6 +7,13 @@ benchmarks inference engineers gate on:
 - ``llmperf_arc``: ARC-style multiple choice (question, four labelled choices, answer key); acc, acc_norm.
 - ``llmperf_hellaswag``: HellaSwag-style sentence completion (context, four endings); acc, acc_norm.
 - ``llmperf_gsm``: GSM8K-style word problems answered by generation, scored by exact match of the number.
+
+And two for the shipped trained model (``pytest_llmperf/addition.py``), on its 2,000 held-out questions (never
+trained on), enough that a few points of accuracy lie outside the standard error:
+
+- ``llmperf_addition``: ``"a+b="`` answered by generation, exact match of the sum.
+- ``llmperf_addition_mc``: the same questions as multiple choice scored by log-likelihood: the sum and three
+  near misses with as many digits (digits swapped, off by one, off by ten, off by two or three).
 """
 
 from __future__ import annotations
@@ -83,15 +90,53 @@ def _gsm(rng: random.Random) -> dict[str, Any]:
 GENERATORS = {"llmperf_arc": _arc, "llmperf_hellaswag": _hellaswag, "llmperf_gsm": _gsm}
 
 
+def _addition_documents(rng: random.Random) -> list[dict[str, Any]]:
+    from pytest_llmperf import addition
+
+    documents = []
+    for a, b in addition.heldout_pairs():
+        total = a + b
+        wrong: list[int] = []
+        swapped = int(str(total)[::-1])
+        candidates = (swapped, total + rng.choice([-1, 1]), total + rng.choice([-10, 10]), total + 2, total - 2,
+                      total + 3, total - 3, total + 1, total - 1)
+        for candidate in candidates:
+            # Same number of digits as the sum: a shorter choice would win by being a prefix (the end of the
+            # answer, EOS, is not part of a choice).
+            if (
+                candidate >= 0
+                and len(str(candidate)) == len(str(total))
+                and candidate != total
+                and candidate not in wrong
+                and len(wrong) < 3
+            ):
+                wrong.append(candidate)
+        options = [total, *wrong]
+        rng.shuffle(options)
+        documents.append(
+            {"question": addition.prompt(a, b), "answer": addition.answer(a, b),
+             "choices": [str(option) for option in options], "label": options.index(total)}
+        )
+    return documents
+
+
 def render(task: str) -> str:
-    """The JSONL text of ``task``: ``N_QUESTIONS`` documents from a seed of its own."""
+    """The JSONL text of ``task``: ``N_QUESTIONS`` documents from a seed of its own (the addition tasks: all
+    held-out questions, the same ones for both)."""
     rng = random.Random(f"{SEED}:{task}")
-    documents = [GENERATORS[task](rng) for _ in range(N_QUESTIONS)]
+    if task in ADDITION_TASKS:
+        documents = _addition_documents(random.Random(f"{SEED}:llmperf_addition"))
+    else:
+        documents = [GENERATORS[task](rng) for _ in range(N_QUESTIONS)]
     return "".join(json.dumps(document, sort_keys=True) + "\n" for document in documents)
 
 
+ADDITION_TASKS = ("llmperf_addition", "llmperf_addition_mc")
+
+
 def main() -> None:
-    for task in GENERATORS:
+    # Both addition tasks read llmperf_addition.jsonl.
+    for task in (*GENERATORS, "llmperf_addition"):
         (TASKS_DIR / f"{task}.jsonl").write_text(render(task), encoding="utf-8")
 
 
