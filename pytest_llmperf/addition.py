@@ -194,28 +194,14 @@ def write_gguf(
         if tuple(weights[tensor_name].shape) != shape:
             raise LlmperfError(f"{tensor_name} has shape {tuple(weights[tensor_name].shape)}, expected {shape}")
 
+    from pytest_llmperf.model import write_llama_metadata
+
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name(name)
-    writer.add_context_length(config.context_length)
-    writer.add_embedding_length(config.n_embd)
-    writer.add_block_count(config.n_layer)
-    writer.add_feed_forward_length(config.n_ff)
-    writer.add_head_count(config.n_head)
-    writer.add_head_count_kv(config.n_head_kv)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(config.rope_base)
-    writer.add_layer_norm_rms_eps(config.rms_eps)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(list(VOCAB))
-    writer.add_token_scores([0.0] * N_VOCAB)
-    writer.add_token_types(token_types())
-    writer.add_unk_token_id(UNK_ID)
-    writer.add_bos_token_id(BOS_ID)
-    writer.add_eos_token_id(EOS_ID)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(False)
+    file_type = gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32
+    write_llama_metadata(
+        writer, config, name=name, file_type=file_type, pieces=VOCAB, scores=[0.0] * N_VOCAB,
+        token_types=token_types(),
+    )
 
     matrix_type = np.float16 if f16 else np.float32
     for tensor_name in expected:

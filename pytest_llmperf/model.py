@@ -16,10 +16,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_llmperf.errors import LlmperfError
 
@@ -124,6 +124,56 @@ def _token_types(pieces: list[str]) -> list[int]:
     return [int(t) for t in types]
 
 
+class LlamaShape(Protocol):
+    """The hyperparameters a llama-architecture GGUF header records (``TinyLlamaSpec``, ``AdditionModelConfig``)."""
+
+    @property
+    def n_embd(self) -> int: ...
+    @property
+    def n_layer(self) -> int: ...
+    @property
+    def n_head(self) -> int: ...
+    @property
+    def n_head_kv(self) -> int: ...
+    @property
+    def n_ff(self) -> int: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def rms_eps(self) -> float: ...
+    @property
+    def rope_base(self) -> float: ...
+
+
+def write_llama_metadata(
+    writer: Any, shape: LlamaShape, *, name: str, file_type: Any, pieces: Sequence[str], scores: Sequence[float],
+    token_types: Sequence[int],
+) -> None:
+    """The llama-architecture and SPM tokenizer metadata of a GGUF: BOS 1 added, EOS 2, UNK 0, no space prefix
+    (so llama.cpp's tokenizer returns exactly the ids the pieces list)."""
+    writer.add_name(name)
+    writer.add_context_length(shape.context_length)
+    writer.add_embedding_length(shape.n_embd)
+    writer.add_block_count(shape.n_layer)
+    writer.add_feed_forward_length(shape.n_ff)
+    writer.add_head_count(shape.n_head)
+    writer.add_head_count_kv(shape.n_head_kv)
+    writer.add_rope_dimension_count(shape.n_embd // shape.n_head)
+    writer.add_rope_freq_base(shape.rope_base)
+    writer.add_layer_norm_rms_eps(shape.rms_eps)
+    writer.add_file_type(file_type)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(list(pieces))
+    writer.add_token_scores(list(scores))
+    writer.add_token_types(list(token_types))
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(False)
+
+
 def write_tiny_llama(path: Path, spec: TinyLlamaSpec = DEFAULT_SPEC) -> None:
     """Write the F16 model described by ``spec`` to ``path`` (not atomic; callers write to a temp path)."""
     import gguf
@@ -145,27 +195,10 @@ def write_tiny_llama(path: Path, spec: TinyLlamaSpec = DEFAULT_SPEC) -> None:
     pieces = vocabulary(spec.n_vocab)
     token_types = _token_types(pieces)
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("llmperf-tiny-llama")
-    writer.add_context_length(spec.context_length)
-    writer.add_embedding_length(spec.n_embd)
-    writer.add_block_count(spec.n_layer)
-    writer.add_feed_forward_length(spec.n_ff)
-    writer.add_head_count(spec.n_head)
-    writer.add_head_count_kv(spec.n_head_kv)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(spec.rope_base)
-    writer.add_layer_norm_rms_eps(spec.rms_eps)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(pieces)
-    writer.add_token_scores([float(len(piece)) - index * 1e-6 for index, piece in enumerate(pieces)])
-    writer.add_token_types(token_types)
-    writer.add_unk_token_id(0)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_add_space_prefix(False)
+    write_llama_metadata(
+        writer, spec, name="llmperf-tiny-llama", file_type=gguf.LlamaFileType.MOSTLY_F16, pieces=pieces,
+        scores=[float(len(piece)) - index * 1e-6 for index, piece in enumerate(pieces)], token_types=token_types,
+    )
 
     writer.add_tensor("token_embd.weight", weight(spec.n_vocab, spec.n_embd))
     for block in range(spec.n_layer):
