@@ -329,7 +329,7 @@ class PerfCheck:
     def fidelity(
         self,
         engine: Engine,
-        prompts: Sequence[str] | None = None,
+        prompts: Sequence[str | Sequence[str]] | None = None,
         *,
         top_k: int = 16,
         reference: Mapping[str, Any] | None = None,
@@ -363,6 +363,9 @@ class PerfCheck:
             texts = normalise_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
             if not isinstance(top_k, int) or top_k < 1:
                 raise LlmperfError(f"fidelity top_k must be a positive integer, got {top_k!r}")
+            unknown = sorted(set(gate or ()) - set(FIDELITY_METRICS))
+            if unknown:
+                raise LlmperfError(f"fidelity gate names {unknown}; fidelity metrics are {', '.join(FIDELITY_METRICS)}")
             distributions, key_kind = distributions_of(engine, texts, top_k)
             engine_fingerprint = fingerprint(engine.describe())
             path = baseline_path(self._session.baseline_dir, self._request.node.nodeid)
@@ -381,6 +384,12 @@ class PerfCheck:
                         f"{path}: the fidelity reference was recorded on other prompts; record it again with: "
                         f"pytest -m perf --update-baselines '{self._request.node.nodeid}'"
                     )
+            elif entry is not None:
+                # Comparing the engine with itself would pass whatever it does: say what is missing instead.
+                raise LlmperfError(
+                    f"{path} has no fidelity reference (recorded before fidelity was checked here?); record it "
+                    f"with: pytest -m perf --update-baselines '{self._request.node.nodeid}'"
+                )
             else:
                 reference = make_reference(texts, distributions, top_k, key_kind)
             result = compare_to_reference(reference, distributions, key_kind)

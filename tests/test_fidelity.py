@@ -103,3 +103,12 @@ def test_swapping_the_model_file_under_the_same_baseline_fails_naming_kl_and_top
         "*top1_agree: 1 -> 0.* (-*%, tolerance 0)*",
         "*model.file *-f16.gguf -> *-q4_k_m.gguf*",
     ])
+    # A baseline without the reference (hand-edited, or recorded before fidelity was checked) is not compared
+    # with the engine itself (that would always pass): the test says what is missing.
+    path = pytester.path / "b" / "test_fidelity" / "test_fidelity.json"
+    stored = json.loads(path.read_text())
+    del stored["reference"]
+    path.write_text(json.dumps(stored))
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*test_fidelity.json has no fidelity reference*--update-baselines*"])
