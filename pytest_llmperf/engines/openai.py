@@ -265,7 +265,7 @@ class OpenAIEngine:
             raise
         self._prompt_tokens: dict[str, int] = {}
         self._tokens_per_word: float | None = None
-        self._counts = {"output_tokens": "none yet", "prompt_tokens": "none yet"}
+        self._counts: dict[str, str] = {}  # how token counts were obtained, once a run has shown it
 
     # --- server and HTTP plumbing (synchronous, outside the measured part) ---------------------------------
 
@@ -366,8 +366,9 @@ class OpenAIEngine:
             "server": server,
             "sampling": self.sampling,
             "eos": self.eos,
-            "token_counts": dict(self._counts),
         }
+        if self._counts:
+            description["token_counts"] = dict(self._counts)
         if self.model_path is not None:
             description["model_path"] = str(self.model_path)
         elif self._server is not None and self.model is not None:
