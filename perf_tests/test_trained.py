@@ -25,9 +25,12 @@ TASKS = ["llmperf_addition", "llmperf_addition_mc"]
 
 @pytest.mark.perf
 # A 1.45 M-parameter model decodes in ~0.4 ms per token, mostly Python: its throughput swung +-50% between runs
-# here, so speed tolerances are wide; accuracy is gated in standard errors, fidelity by the defaults.
+# here, so speed tolerances are wide. Its engine adds 4-10 MB of host memory, and what ran earlier in the session
+# moved that by ~2 MB (allocator reuse), so memory is gated in absolute terms. Accuracy is gated in standard
+# errors, fidelity by the defaults.
 @pytest.mark.perf_tolerance(
-    {"*_tok_s": "60%", "tpot_*": "60%", "llmperf_addition.exact_match": "2se", "llmperf_addition_mc.acc": "2se"}
+    {"*_tok_s": "60%", "tpot_*": "60%", "rss_peak_gib": "8MiB", "llmperf_addition.exact_match": "2se",
+     "llmperf_addition_mc.acc": "2se"}
 )
 @pytest.mark.parametrize("variant", ["f16", "q8_0", "q4_k_m", "q4_0"])
 def test_quantisation_tradeoff(engine_factory, llmperf, lm_eval_scorer, variant):
