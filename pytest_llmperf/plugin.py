@@ -348,6 +348,7 @@ class PerfCheck:
         """
         __tracebackhide__ = True
         from pytest_llmperf.baseline import baseline_path, hardware_class, load_baseline
+        from pytest_llmperf.check import accept_command
         from pytest_llmperf.fidelity import (
             DEFAULT_PROMPTS,
             FIDELITY_METRICS,
@@ -382,13 +383,13 @@ class PerfCheck:
                 if reference["prompts"] != texts:
                     raise LlmperfError(
                         f"{path}: the fidelity reference was recorded on other prompts; record it again with: "
-                        f"pytest -m perf --update-baselines '{self._request.node.nodeid}'"
+                        f"{accept_command(self._request.node.nodeid)}"
                     )
             elif entry is not None:
                 # Comparing the engine with itself would pass whatever it does: say what is missing instead.
                 raise LlmperfError(
                     f"{path} has no fidelity reference (recorded before fidelity was checked here?); record it "
-                    f"with: pytest -m perf --update-baselines '{self._request.node.nodeid}'"
+                    f"with: {accept_command(self._request.node.nodeid)}"
                 )
             else:
                 reference = make_reference(texts, distributions, top_k, key_kind)
