@@ -17,7 +17,8 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,35 @@ def resolve_tasks(tasks: Sequence[str]) -> tuple[list[str | dict[str, Any]], lis
     return specs, indexed, fingerprint
 
 
+def _progress_bars_off() -> Callable[[], None]:
+    """Turn lm-eval's tqdm bars off (building requests, tokenizing, bootstrapping); returns the undo.
+
+    tqdm reads ``TQDM_DISABLE`` only when it is imported, so the bar class itself is swapped, in
+    ``tqdm`` and in every imported ``lm_eval`` module that holds it, for one that is always disabled.
+    """
+    import tqdm as tqdm_package
+
+    original = tqdm_package.tqdm
+
+    class Disabled(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    holders = [tqdm_package] + [
+        module for name, module in list(sys.modules.items())
+        if name.startswith("lm_eval") and getattr(module, "tqdm", None) is original
+    ]
+    for holder in holders:
+        setattr(holder, "tqdm", Disabled)  # noqa: B010
+
+    def restore() -> None:
+        for holder in holders:
+            setattr(holder, "tqdm", original)  # noqa: B010
+
+    return restore
+
+
 @contextlib.contextmanager
 def quiet_offline_lm_eval() -> Iterator[None]:
     """lm-eval offline and quiet while scoring: no hub, no telemetry, no git, warnings only; restored after.
@@ -130,9 +160,11 @@ def quiet_offline_lm_eval() -> Iterator[None]:
     datasets.disable_progress_bars()
     datasets.config.HF_HUB_OFFLINE = hub_offline
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # a HEAD request per local JSON file otherwise
+    restore_progress = _progress_bars_off()
     try:
         yield
     finally:
+        restore_progress()
         evaluator.get_git_commit_hash, evaluator.add_env_info = saved[0], saved[1]
         logger.setLevel(saved[2])
         if saved[3]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from pytest_llmperf.errors import BaselineError, LlmperfError
 from pytest_llmperf.locks import machine_lock
-from pytest_llmperf.metrics import metric_spec
+from pytest_llmperf.metrics import invalid_value, metric_spec
 
 SCHEMA_VERSION = 1
 _SAFE_PART = re.compile(r"[^A-Za-z0-9._=+\[\]-]+")
@@ -86,23 +86,31 @@ class Baseline:
         return data
 
 
-def hardware_class(fingerprint: dict[str, Any]) -> str | None:
+def hardware_class(fingerprint: object) -> str | None:
     """The hardware class recorded in a fingerprint (None when it has none)."""
-    hardware = fingerprint.get("hardware")
+    hardware = fingerprint.get("hardware") if isinstance(fingerprint, dict) else None
     value = hardware.get("class") if isinstance(hardware, dict) else None
     return value if isinstance(value, str) else None
 
 
 @dataclass
 class BaselineFile:
-    """A test's baseline file: one ``Baseline`` entry per hardware class, the first stored at the top level."""
+    """A test's baseline file: one ``Baseline`` entry per hardware class, the first stored at the top level.
+
+    An entry that does not validate (a metric a newer pytest-llmperf knows, a hand edit) is kept in
+    ``unreadable`` with its error: it is an error only for the machine whose entry it is, and
+    ``record_baseline`` leaves it on disk as it is.
+    """
 
     test: str
     entries: list[Baseline]
+    unreadable: dict[str | None, str] = field(default_factory=dict)
 
     def for_hardware(self, hardware: str | None) -> Baseline | None:
         """The entry recorded on ``hardware``; else one that names no hardware (hand-written), else None."""
         for wanted in (hardware, None):
+            if wanted in self.unreadable:
+                raise BaselineError(self.unreadable[wanted])
             entry = next((entry for entry in self.entries if entry.hardware_class == wanted), None)
             if entry is not None:
                 return entry
@@ -110,7 +118,7 @@ class BaselineFile:
 
     @property
     def hardware_classes(self) -> list[str | None]:
-        return [entry.hardware_class for entry in self.entries]
+        return [entry.hardware_class for entry in self.entries] + list(self.unreadable)
 
     def with_entry(self, new: Baseline) -> BaselineFile:
         """A copy where ``new`` replaces the entry of its hardware class (in place), or is added last."""
@@ -131,12 +139,17 @@ class BaselineFile:
         return data
 
 
+#: Longest file name part kept from a node id; file systems allow 255 bytes, the hash and ".json" fit after it.
+_MAX_PART = 150
+
+
 def _safe_part(part: str) -> str:
     cleaned = _SAFE_PART.sub("_", part).strip("._") or "_"
-    if cleaned != part:
-        # Two ids that sanitise alike must not share a file.
-        cleaned += "-" + hashlib.sha256(part.encode()).hexdigest()[:8]
-    return cleaned[:150]
+    if cleaned != part or len(cleaned) > _MAX_PART:
+        # Two ids that sanitise or shorten alike must not share a file: the hash of the whole original part
+        # goes after the cut, so it is never cut away.
+        cleaned = cleaned[:_MAX_PART] + "-" + hashlib.sha256(part.encode()).hexdigest()[:8]
+    return cleaned
 
 
 def baseline_path(baseline_dir: Path, nodeid: str) -> Path:
@@ -172,7 +185,11 @@ def _finite_number(value: object) -> bool:
 
 
 def parse_baseline(data: object, path: Path) -> BaselineFile:
-    """Validate the decoded JSON of a baseline file; every problem raises a BaselineError naming ``path``."""
+    """Validate the decoded JSON of a baseline file; every problem raises a BaselineError naming ``path``.
+
+    Problems of the file as a whole raise here; a problem inside one hardware class's entry is kept in
+    ``BaselineFile.unreadable`` and raised when that entry is asked for.
+    """
     _require(isinstance(data, dict), path, "a baseline must be a JSON object")
     assert isinstance(data, dict)
     schema = data.get("schema")
@@ -184,21 +201,30 @@ def parse_baseline(data: object, path: Path) -> BaselineFile:
     test = data.get("test")
     _require(isinstance(test, str) and bool(test), path, "'test' must be the test's node id")
     assert isinstance(test, str)
-    entries = [_parse_entry(data, test, path)]
     others = data.get("other_hardware", {})
     _require(isinstance(others, dict), path, "'other_hardware' must be an object of hardware class -> entry")
-    for key, entry_data in others.items():
-        where = f"{path} (other_hardware[{key!r}])"
-        _require(isinstance(entry_data, dict), where, "must be an object with 'metrics' and 'fingerprint'")
-        entry = _parse_entry(entry_data, test, where)
-        # An entry that names no hardware is stored under "" (JSON keys are strings).
-        found = entry.hardware_class
-        _require(found == (key or None), where, f"its fingerprint's hardware.class is {found!r}")
-        entries.append(entry)
-    classes = [entry.hardware_class for entry in entries]
-    duplicates = sorted({str(name) for name in classes if classes.count(name) > 1})
+    candidates: list[tuple[str, object, str | None, bool]] = [
+        (str(path), data, hardware_class(data.get("fingerprint")), False)
+    ]
+    candidates += [(f"{path} (other_hardware[{key!r}])", entry, key or None, True) for key, entry in others.items()]
+    file = BaselineFile(test, [])
+    seen: list[str | None] = []
+    for where, entry_data, key, nested in candidates:
+        seen.append(key)
+        try:
+            _require(isinstance(entry_data, dict), where, "must be an object with 'metrics' and 'fingerprint'")
+            assert isinstance(entry_data, dict)
+            entry = _parse_entry(entry_data, test, where)
+            # An entry that names no hardware is stored under "" (JSON keys are strings).
+            found = entry.hardware_class
+            _require(not nested or found == key, where, f"its fingerprint's hardware.class is {found!r}")
+        except BaselineError as error:
+            file.unreadable[key] = str(error)
+            continue
+        file.entries.append(entry)
+    duplicates = sorted({str(name) for name in seen if seen.count(name) > 1})
     _require(not duplicates, path, f"hardware class {', '.join(duplicates)} is stored twice")
-    return BaselineFile(test, entries)
+    return file
 
 
 def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
@@ -244,7 +270,7 @@ def load_baseline(path: Path) -> BaselineFile | None:
     """The baseline at ``path``, None when there is no file; a BaselineError when it is unreadable."""
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, UnicodeDecodeError) as error:
         raise BaselineError(f"{path}: cannot read baseline ({error})") from None
@@ -262,21 +288,101 @@ def dumps(baseline: BaselineFile) -> str:
     return json.dumps(baseline.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def record_baseline(path: Path, entry: Baseline) -> BaselineFile:
-    """Store ``entry`` in the file at ``path``, replacing the entry of its hardware class and keeping the others.
+#: The keys of one hardware class's entry; everything else at the top level belongs to the file.
+_ENTRY_KEYS = ("metrics", "workload", "fingerprint", "reference")
+_TEMPORARY = re.compile(r"^\..+\.json\..+\.tmp$")
 
-    Read, merge and write happen under the file's lock, so concurrent writers never lose each other's entries.
-    A malformed file is replaced: that is what re-recording is for.
+
+def record_baseline(path: Path, entry: Baseline) -> BaselineFile:
+    """Store ``entry`` in the file at ``path``, replacing the entry of its hardware class and keeping the rest.
+
+    Only this machine's entry is rewritten: other hardware classes' entries (valid or not) and keys this
+    version does not know stay as they were. A file this version cannot update without losing something
+    (malformed JSON, another schema, another test's file) is refused with a BaselineError naming it. Read,
+    merge and write happen under the directory's lock, so concurrent writers never lose each other's entries.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with machine_lock(f"baseline:{path.resolve()}"):
-        try:
-            existing = load_baseline(path)
-        except BaselineError:
-            existing = None
-        updated = existing.with_entry(entry) if existing is not None else BaselineFile(entry.test, [entry])
-        _replace(path, dumps(updated))
-    return updated
+    for name, record in entry.metrics.items():
+        problem = next(
+            (invalid_value(name, value) for value in (record.value, *record.samples) if invalid_value(name, value)),
+            None,
+        )
+        if problem is not None:
+            raise BaselineError(f"{path}: not written: {problem}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with machine_lock(f"baselines:{path.parent.resolve()}"):
+            _remove_stale_temporaries(path.parent)
+            merged = merge_entry(updatable_document(path, entry.test), entry)
+            _replace(path, json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    except OSError as error:
+        raise BaselineError(
+            f"{path}: cannot write the baseline ({error.strerror or error}); check that the baseline directory "
+            "is writable (--llmperf-baseline-dir, ini llmperf_baseline_dir)"
+        ) from None
+    return parse_baseline(merged, path)
+
+
+def updatable_document(path: Path, test: str) -> dict[str, Any] | None:
+    """The decoded file at ``path`` if ``record_baseline`` can update it without losing anything (None: no
+    file); a BaselineError naming the file and what would be lost otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # nothing to keep (a directory that cannot be created fails the write, naming it)
+    except (OSError, UnicodeDecodeError) as error:
+        raise BaselineError(f"{path}: cannot read the baseline ({error}); it was not overwritten") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BaselineError(
+            f"{path}: malformed JSON at line {error.lineno} column {error.colno} ({error.msg}); "
+            "--update-baselines rewrites only this machine's entry and would lose the rest of the file: "
+            "fix it (a merge conflict?), or delete it if nothing in it is worth keeping, and run again"
+        ) from None
+    if not isinstance(data, dict):
+        raise BaselineError(f"{path}: not a baseline (a JSON object is required); it was not overwritten")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise BaselineError(
+            f"{path}: schema {data.get('schema')!r}; this pytest-llmperf writes schema {SCHEMA_VERSION} and "
+            "would discard every entry in it: use the pytest-llmperf that wrote it, or move the file away "
+            "to record it anew"
+        )
+    if data.get("test") != test:
+        raise BaselineError(
+            f"{path}: holds the baseline of test {data.get('test')!r}, not {test!r}; it was not overwritten"
+        )
+    if not isinstance(data.get("other_hardware", {}), dict):
+        raise BaselineError(f"{path}: 'other_hardware' is not an object; it was not overwritten")
+    return data
+
+
+def merge_entry(document: dict[str, Any] | None, entry: Baseline) -> dict[str, Any]:
+    """``document`` (a decoded baseline file) with ``entry`` in place of its hardware class's entry."""
+    new = entry.to_json()
+    if document is None:
+        return new
+    merged = dict(document)
+    nested = {key: value for key, value in new.items() if key not in ("schema", "test")}
+    if hardware_class(document.get("fingerprint")) == entry.hardware_class:
+        for key in _ENTRY_KEYS:
+            merged.pop(key, None)
+        merged.update(nested)
+    else:
+        others = dict(document.get("other_hardware") or {})
+        others[entry.hardware_class or ""] = nested
+        merged["other_hardware"] = others
+    return merged
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Remove temp files of writes that were killed before their rename.
+
+    Called under the directory's lock, which every writer in the directory holds while its temp file
+    exists: a temp file seen now belongs to a writer that died.
+    """
+    for candidate in directory.glob(".*.tmp"):
+        if _TEMPORARY.match(candidate.name):
+            candidate.unlink(missing_ok=True)
 
 
 def _replace(path: Path, text: str) -> None:

@@ -20,6 +20,7 @@ from pytest_llmperf.baseline import (
     hardware_class,
     load_baseline,
     record_baseline,
+    updatable_document,
 )
 from pytest_llmperf.compare import MetricComparison, Verdict, compare
 from pytest_llmperf.errors import BaselineError
@@ -32,6 +33,8 @@ class Status(str, Enum):
     NEW = "new"
     NOT_COMPARABLE = "not comparable"
     UPDATED = "updated"
+    #: ``--update-baselines`` on a test that failed: its baseline file was left as it was.
+    NOT_WRITTEN = "not written"
 
 
 @dataclass
@@ -46,6 +49,28 @@ class CheckOutcome:
     warnings: list[str] = field(default_factory=list)
     message: str = ""
     notes: list[str] = field(default_factory=list)
+    #: ``--update-baselines``: the entry to write once the test has passed (``write_pending``).
+    pending: Baseline | None = None
+
+    @property
+    def unjudged(self) -> list[MetricComparison]:
+        """Gated metrics that got no verdict: new (not in the baseline), unavailable or invalid."""
+        return [c for c in self.comparisons if c.verdict in _UNJUDGED]
+
+    def describe_unjudged(self) -> str:
+        """One line naming each gated metric that was not judged and why."""
+        parts = []
+        for comparison in self.unjudged:
+            why = {
+                Verdict.NEW: "is not in the baseline",
+                Verdict.UNAVAILABLE: "could not be measured (remove it from the gate to gate without it)",
+                Verdict.INVALID: comparison.note,
+            }[comparison.verdict]
+            parts.append(f"{comparison.metric} {why}" if comparison.verdict is not Verdict.INVALID else why)
+        hint = f"; record the new metrics with: {accept_command(self.test)}" if any(
+            c.verdict is Verdict.NEW for c in self.unjudged
+        ) else ""
+        return f"{self.test}: not judged: {'; '.join(parts)}{hint}"
 
     @property
     def regressions(self) -> list[MetricComparison]:
@@ -54,6 +79,9 @@ class CheckOutcome:
     @property
     def improvements(self) -> list[MetricComparison]:
         return [c for c in self.comparisons if c.verdict is Verdict.IMPROVED]
+
+
+_UNJUDGED = (Verdict.NEW, Verdict.UNAVAILABLE, Verdict.INVALID)
 
 
 def accept_command(test: str) -> str:
@@ -77,35 +105,53 @@ class Measurement:
 def check_measurement(
     measurement: Measurement, baseline_dir: Path, tolerances: ToleranceTable, *, update: bool
 ) -> CheckOutcome:
-    """Compare ``measurement`` with its baseline file, or (``update``) rewrite that file with it."""
+    """Compare ``measurement`` with its baseline file, or (``update``) prepare the rewrite of that file.
+
+    With ``update`` nothing is written here: the entry waits in ``outcome.pending`` until the test has passed
+    (``write_pending``), so a failing test never rewrites its baseline.
+    """
     path = baseline_path(baseline_dir, measurement.test)
     current_class = hardware_class(measurement.fingerprint)
+    if update:
+        # Refuse now, before the test goes on, what the write would refuse at the end.
+        updatable_document(path, measurement.test)
     try:
         stored = load_baseline(path)
     except BaselineError:
         if not update:
             raise
-        stored = None  # a broken file is what --update-baselines is there to replace
-    baseline = stored.for_hardware(current_class) if stored is not None else None
+        stored = None  # an entry that does not validate is this machine's to replace
+    if stored is not None and stored.test != measurement.test:
+        raise BaselineError(
+            f"{path} holds the baseline of test {stored.test!r}, not of {measurement.test!r}: two tests must not "
+            "share a file; rename one of them, or move the file if the test was renamed"
+        )
+    try:
+        baseline = stored.for_hardware(current_class) if stored is not None else None
+    except BaselineError:
+        if not update:
+            raise
+        baseline = None
     changes = fingerprints.diff(baseline.fingerprint, measurement.fingerprint) if baseline else []
+    if baseline is not None:
+        changes += [f"workload.{change}" for change in fingerprints.diff(baseline.workload, measurement.workload)]
     comparisons = compare(measurement.metrics, baseline, tolerances, measurement.samples, measurement.stderr)
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))
 
     if update:
+        invalid = [c.note for c in comparisons if c.verdict is Verdict.INVALID]
+        if invalid:
+            raise BaselineError(f"{path}: not written: {'; '.join(invalid)}")
         measured = {
             name: MetricRecord(value, list(measurement.samples.get(name, [value])), measurement.stderr.get(name))
             for name, value in measurement.metrics.items()
             if value is not None
         }
-        entry = Baseline(
+        outcome.pending = Baseline(
             measurement.test, measured, measurement.fingerprint, measurement.workload, measurement.reference
         )
-        written = record_baseline(path, entry)
         outcome.status = Status.UPDATED
-        kept = len(written.entries) - 1
-        outcome.message = f"baseline written: {path}" + (
-            f" (entry for {current_class!r}; {kept} other hardware class(es) kept)" if kept else ""
-        )
+        outcome.message = f"baseline to be written once the test passes: {path}"
         return outcome
 
     if stored is None:
@@ -135,7 +181,7 @@ def check_measurement(
             lines.append("changed since the baseline was recorded:")
             lines += [f"  {change}" for change in changes]
         else:
-            lines.append("nothing in the fingerprint changed since the baseline was recorded")
+            lines.append("nothing in the fingerprint or the workload changed since the baseline was recorded")
         lines.append(f"if the new numbers are expected, accept them with: {accept_command(measurement.test)}")
         outcome.message = "\n".join(lines)
     elif outcome.improvements:
@@ -145,3 +191,24 @@ def check_measurement(
             f"record the new numbers with: {accept_command(measurement.test)}"
         )
     return outcome
+
+
+def write_pending(outcome: CheckOutcome, test_passed: bool) -> None:
+    """Write the baseline entry an ``--update-baselines`` check prepared, if its test passed; else keep the
+    file as it was and say so. A BaselineError names the file when it cannot be written."""
+    entry, outcome.pending = outcome.pending, None
+    if entry is None:
+        return
+    if not test_passed:
+        outcome.status = Status.NOT_WRITTEN
+        outcome.message = f"baseline not written, the test failed: {outcome.path} is as it was"
+        return
+    try:
+        written = record_baseline(outcome.path, entry)
+    except BaselineError:
+        outcome.status = Status.NOT_WRITTEN
+        raise
+    kept = len(written.hardware_classes) - 1
+    outcome.message = f"baseline written: {outcome.path}" + (
+        f" (entry for {entry.hardware_class!r}; {kept} other hardware class(es) kept)" if kept else ""
+    )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pytest_llmperf.baseline import Baseline, MetricRecord
-from pytest_llmperf.metrics import metric_spec
+from pytest_llmperf.metrics import invalid_value, metric_spec
 from pytest_llmperf.tolerance import Tolerance, ToleranceTable
 
 
@@ -20,6 +20,8 @@ class Verdict(str, Enum):
     NEW = "new"
     NOT_COMPARABLE = "not comparable"
     UNAVAILABLE = "unavailable"
+    #: A current value that cannot be a measurement (NaN, infinite, a negative time): never judged, never stored.
+    INVALID = "invalid"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ def judge(
     """
     if current is None:
         return MetricComparison(name, baseline.value if baseline else None, None, tolerance, Verdict.UNAVAILABLE)
+    problem = invalid_value(name, current)
+    if problem is not None:
+        stored = baseline.value if baseline else None
+        return MetricComparison(name, stored, current, tolerance, Verdict.INVALID, problem)
     if baseline is None:
         return MetricComparison(name, None, current, tolerance, Verdict.NEW)
     worse_by = _worse_by(name, baseline.value, current)

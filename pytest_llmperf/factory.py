@@ -32,6 +32,8 @@ class EngineCache:
         self.default_model = default_model
         self._engines: dict[str, Engine] = {}
         self._rss_base: dict[int, int] = {}
+        #: What ``get`` relaunched since the caller last looked (the fixture warns with it).
+        self.relaunched: list[str] = []
 
     def get(self, backend: str | None = None, **config: Any) -> Engine:
         """The engine of ``backend`` (default: the run's backend) with ``config``; built on first use.
@@ -43,6 +45,15 @@ class EngineCache:
         if "model" not in config and self.default_model is not None:
             config["model"] = self.default_model
         key = _config_key(backend, config)
+        cached = self._engines.get(key)
+        ended = getattr(cached, "ended", None)
+        how = ended() if ended is not None else None
+        if cached is not None and how is not None:
+            # A launched server that died (crash, OOM kill) is launched anew for the tests that follow.
+            self.relaunched.append(f"the {backend} engine's server {how}; launched a new one for this test")
+            del self._engines[key]
+            self._rss_base.pop(id(cached), None)
+            cached.close()
         if key not in self._engines:
             if backend in IN_PROCESS_BACKENDS:
                 self._close(lambda engine: engine.backend in IN_PROCESS_BACKENDS)

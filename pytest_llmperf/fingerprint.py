@@ -16,19 +16,34 @@ from typing import Any
 
 from pytest_llmperf.model import file_sha256
 
-#: Distributions whose version is recorded (missing ones are recorded as None).
-TRACKED_DISTRIBUTIONS = ("pytest-llmperf", "llama-cpp-python", "vllm", "lm-eval", "torch", "numpy")
+#: Recorded in every fingerprint.
+BASE_DISTRIBUTIONS = ("pytest-llmperf",)
+#: The distributions that take part in a backend's measurement; only these are recorded with its numbers, so
+#: a library that does not take part (torch beside llama.cpp) never shows as a change.
+BACKEND_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "llama_cpp": ("llama-cpp-python", "numpy"),
+    "vllm": ("vllm", "torch"),
+    "openai": ("aiohttp",),
+}
+#: Every distribution the fingerprint may name (README, "Baselines and fingerprints").
+TRACKED_DISTRIBUTIONS = ("pytest-llmperf", "llama-cpp-python", "vllm", "lm-eval", "torch", "numpy", "aiohttp")
 
 
-def library_versions() -> dict[str, str | None]:
+def library_versions(distributions: tuple[str, ...] = ()) -> dict[str, str | None]:
+    """Versions of the base distributions and ``distributions`` (None: not installed), and Python's."""
     versions: dict[str, str | None] = {}
-    for name in TRACKED_DISTRIBUTIONS:
+    for name in dict.fromkeys((*BASE_DISTRIBUTIONS, *distributions)):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     versions["python"] = platform.python_version()
     return versions
+
+
+def distributions_of(backend: object, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The distributions whose versions a measurement on ``backend`` records (plus ``extra``)."""
+    return (*BACKEND_DISTRIBUTIONS.get(str(backend), ()), *extra)
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,19 +105,25 @@ def hardware() -> dict[str, Any]:
     return description
 
 
-def environment() -> dict[str, Any]:
-    """The part of every fingerprint that describes this machine: library versions and hardware class."""
-    return {"versions": library_versions(), "hardware": hardware()}
+def environment(backend: str | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The part of every fingerprint that describes this machine: the versions of the libraries that take part
+    in a measurement on ``backend`` (and ``extra``, e.g. lm-eval for a scoring), and the hardware class."""
+    return {"versions": library_versions(distributions_of(backend, extra)), "hardware": hardware()}
 
 
-def fingerprint(engine_description: dict[str, Any]) -> dict[str, Any]:
-    """The fingerprint of a measurement on the engine described by ``engine_description``."""
+def fingerprint(engine_description: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fingerprint of a measurement on the engine described by ``engine_description``.
+
+    An engine may name further distributions it runs on under ``"distributions"`` (a launched
+    llama_cpp.server runs on llama-cpp-python); they are recorded with their versions.
+    """
     description = dict(engine_description)
     model_path = description.pop("model_path", None)
+    extra = (*tuple(description.pop("distributions", ())), *extra)
     if model_path is not None:
         path = Path(model_path)
         description["model"] = {"file": path.name, "sha256": file_sha256(path)}
-    return {**description, **environment()}
+    return {**description, **environment(description.get("backend"), extra)}
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -119,6 +140,8 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     before, after = _flatten(old), _flatten(new)
     changes = []
     for key in sorted(set(before) | set(after)):
+        if key.startswith("versions.") and key not in after:
+            continue  # recorded then, not taking part now (older baselines recorded every library)
         if before.get(key) != after.get(key):
             changes.append(f"{key} {_show(before.get(key))} -> {_show(after.get(key))}")
     return changes

@@ -8,6 +8,8 @@ seconds, memory in GiB.
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,10 +91,22 @@ def metric_spec(name: str) -> MetricSpec:
     if "." in name:
         metric = name.rsplit(".", 1)[1].split(",", 1)[0]
         return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score")
+    close = difflib.get_close_matches(name, all_metric_names(), n=3)
+    hint = f" (did you mean {' or '.join(repr(match) for match in close)}?)" if close else ""
     raise LlmperfError(
-        f"unknown metric {name!r}: known metrics are {', '.join(all_metric_names())}, "
+        f"unknown metric {name!r}{hint}: known metrics are {', '.join(all_metric_names())}, "
         "and '<task>.<metric>' for accuracy"
     )
+
+
+def invalid_value(name: str, value: float) -> str | None:
+    """Why ``value`` cannot be a measurement of ``name`` (not finite, or negative where that is impossible),
+    or None when it can. Such a value is never judged and never written to a baseline."""
+    if not math.isfinite(value):
+        return f"{name} is {value!r}, not a finite number"
+    if value < 0 and metric_spec(name).unit not in ("score", "nats"):
+        return f"{name} is {value!r}; a {metric_spec(name).unit} value cannot be negative"
+    return None
 
 
 def all_metric_names() -> list[str]:

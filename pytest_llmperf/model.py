@@ -229,10 +229,13 @@ def quantize(source: Path, destination: Path, variant: str) -> None:
 
     import llama_cpp
 
+    from pytest_llmperf.quiet import native_output_silenced
+
     ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + VARIANTS[variant])
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), ctypes.byref(params))
+    with native_output_silenced():  # a line per tensor, every time a fresh cache builds a variant
+        status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), ctypes.byref(params))
     if status != 0:
         raise LlmperfError(f"llama.cpp failed to quantise {source} to {variant} (status {status})")
 

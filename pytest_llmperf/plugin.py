@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,15 @@ DEFAULT_GATE = ("completion_tok_s", "total_tok_s", "e2e_p99", "ttft_p99", "tpot_
 Remeasured = tuple[Mapping[str, "float | None"], Mapping[str, list[float]], list[str]]
 
 
+def _failure(error: Exception | str) -> BaseException:
+    """The test failure for ``error``: its message alone, raised ``from None`` by the caller.
+
+    ``pytest.fail`` inside an ``except`` block would chain the caught error, and pytest prints a chained
+    message twice ("During handling of the above exception ...").
+    """
+    return pytest.fail.Exception(str(error), pytrace=False)
+
+
 class PytestLlmperfWarning(UserWarning):
     """A perf check that passed with something to act on (a new baseline, an improvement)."""
 
@@ -60,9 +69,39 @@ class LlmperfSession:
     outcomes: list[CheckOutcome] = field(default_factory=list)
     stale: set[Path] = field(default_factory=set)
     scaling: list[ScalingResult] = field(default_factory=list)
+    #: Problems of the session itself (a report that could not be written), printed in the summary.
+    errors: list[str] = field(default_factory=list)
 
 
 session_key = pytest.StashKey[LlmperfSession]()
+#: ``--update-baselines`` outcomes of one test whose baseline is written only once the test has passed.
+_pending_key = pytest.StashKey[list["CheckOutcome"]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Write the baselines a test prepared under ``--update-baselines`` once it has passed; a failing test
+    leaves its file as it was. A baseline that cannot be written fails the test, naming the file."""
+    report = yield
+    pending = item.stash.get(_pending_key, [])
+    if not pending or (report.passed and report.when == "setup"):
+        return report
+    from pytest_llmperf.check import write_pending
+
+    del item.stash[_pending_key]
+    problems = []
+    for outcome in pending:
+        try:
+            write_pending(outcome, test_passed=report.passed)
+        except LlmperfError as error:
+            outcome.message = str(error)
+            problems.append(str(error))
+    if problems:
+        report.outcome = "failed"
+        report.longrepr = "\n".join(problems)
+    return report
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -173,6 +212,11 @@ def _build_session(config: pytest.Config) -> LlmperfSession:
         ]
     )
     report = config.getoption("llmperf_report") or config.getini("llmperf_report")
+    if report:
+        from pytest_llmperf.report import check_report_path
+
+        source = "--llmperf-report" if config.getoption("llmperf_report") else "ini llmperf_report"
+        check_report_path(Path(config.invocation_params.dir, report), source)
     confirm = config.getoption("llmperf_confirm")
     if confirm is None:
         ini_confirm = str(config.getini("llmperf_confirm")).strip()
@@ -208,11 +252,24 @@ def pytest_configure(config: pytest.Config) -> None:
         "gpu(count=1, min_vram_gib=None): needs this many visible GPUs with at least this much memory each; "
         "skipped otherwise, failed with --llmperf-require-gpu or in strict mode",
     )
+    config.pluginmanager.register(_BenchmarkHeaderFilter(), "llmperf-benchmark-header")
     try:
         config.stash[session_key] = _build_session(config)
         _gpus_per_worker(config)  # validated up front, used after collection
     except LlmperfError as error:
         raise pytest.UsageError(str(error)) from None
+
+
+class _BenchmarkHeaderFilter:
+    """Drops pytest-benchmark's header line (it comes with this plugin's dependency, unasked) unless a
+    ``--benchmark-*`` option shows that the run uses pytest-benchmark."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_report_header(self, config: pytest.Config) -> Generator[None, list[Any], list[Any]]:
+        lines = yield
+        if any(str(arg).startswith("--benchmark") for arg in config.invocation_params.args):
+            return lines
+        return [line for line in lines if not (isinstance(line, str) and line.startswith("benchmark: "))]
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -242,9 +299,12 @@ class EngineFactory:
     def __call__(self, backend: str | None = None, **config: Any) -> Engine:
         __tracebackhide__ = True
         try:
-            return self._cache.get(backend, **config)
+            engine = self._cache.get(backend, **config)
         except LlmperfError as error:
-            pytest.fail(str(error), pytrace=False)
+            raise _failure(error) from None
+        while self._cache.relaunched:
+            warnings.warn(PytestLlmperfWarning(self._cache.relaunched.pop(0)), stacklevel=2)
+        return engine
 
 
 @pytest.fixture
@@ -323,7 +383,7 @@ class PerfCheck:
             engine_fingerprint = fingerprint(results[0].engine)
             self._check(gated, samples, engine_fingerprint, workload.to_dict(), tolerances, run_warnings, remeasure=run)
         except LlmperfError as error:
-            pytest.fail(str(error), pytrace=False)
+            raise _failure(error) from None
         return results[-1]
 
     def fidelity(
@@ -408,7 +468,7 @@ class PerfCheck:
                     tolerances, warnings, reference=reference if stored_reference else None,
                 )
         except LlmperfError as error:
-            pytest.fail(str(error), pytrace=False)
+            raise _failure(error) from None
         return result
 
     def scaling(
@@ -461,7 +521,7 @@ class PerfCheck:
             recorded = {**workload.to_dict(), "concurrency": levels}
             self._check(metrics, samples, engine_fingerprint, recorded, tolerances, run_warnings, remeasure=run)
         except LlmperfError as error:
-            pytest.fail(str(error), pytrace=False)
+            raise _failure(error) from None
         finally:
             if latest:
                 self._session.scaling.append(latest[-1])
@@ -491,11 +551,15 @@ class PerfCheck:
         from pytest_llmperf.fingerprint import fingerprint as engine_fingerprint
 
         try:
-            described = engine_fingerprint(engine.describe()) if engine is not None else environment()
-            merged = {**described, **(fingerprint or {})}
+            given = fingerprint or {}
+            if engine is not None:
+                described = engine_fingerprint(engine.describe())
+            else:
+                described = environment(given.get("backend"))
+            merged = {**described, **given}
             return self._check(metrics, samples, merged, workload, tolerances, warnings, stderr, reference=reference)
         except LlmperfError as error:
-            pytest.fail(str(error), pytrace=False)
+            raise _failure(error) from None
 
     def _check(
         self,
@@ -551,6 +615,8 @@ class PerfCheck:
             verdict = "confirmed it" if outcome.status is Status.REGRESSED else "was within tolerance: noise"
             outcome.notes.append(f"first measurement regressed ({first}); a second measurement {verdict}")
         self._session.outcomes.append(outcome)
+        if outcome.pending is not None:
+            node.stash.setdefault(_pending_key, []).append(outcome)
         for name, value in metrics.items():
             node.user_properties.append((f"llmperf.{name}", value))
         node.user_properties.append(("llmperf.status", outcome.status.value))
@@ -562,6 +628,11 @@ class PerfCheck:
             pytest.fail(f"[strict] {outcome.message}", pytrace=False)
         if outcome.status is Status.NOT_COMPARABLE:
             pytest.skip(outcome.message)
+        if outcome.status is Status.PASSED and outcome.unjudged:
+            # A gated metric without a verdict is never a silent pass: strict fails, otherwise it warns.
+            if self._session.strict:
+                pytest.fail(f"[strict] {outcome.describe_unjudged()}", pytrace=False)
+            _warn_at(node, outcome.describe_unjudged())
         if outcome.status is Status.NEW or outcome.improvements:
             _warn_at(node, outcome.message)
         return outcome
@@ -672,7 +743,7 @@ def _check_gpu_marker(item: pytest.Item) -> None:
     try:
         requirement = _gpu_requirement(item)
     except LlmperfError as error:
-        pytest.fail(str(error), pytrace=False)
+        raise _failure(error) from None
     if requirement is None:
         return
     missing = _missing_gpus(*requirement)
@@ -748,14 +819,14 @@ class LmEvalScorer:
                 self._check._check(
                     scores.metrics,
                     None,
-                    {**fingerprint(engine.describe()), **scores.fingerprint},
+                    {**fingerprint(engine.describe(), ("lm-eval",)), **scores.fingerprint},
                     {"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "documents": scores.documents},
                     tolerances,
                     (),
                     scores.stderr,
                 )
         except LlmperfError as error:
-            pytest.fail(str(error), pytrace=False)
+            raise _failure(error) from None
         return scores
 
 
@@ -767,22 +838,65 @@ def lm_eval_scorer(llmperf: PerfCheck) -> LmEvalScorer:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Before -m/-k deselect anything: baseline files of collected modules that no collected test owns."""
+    """Before -m/-k deselect anything: baseline files of fully collected modules that no collected test owns.
+
+    Only a module collected whole (named on the command line, or inside a directory that was) can tell which
+    files are stale: a run of ``module.py::test_a`` says nothing about the module's other tests.
+    """
     from pytest_llmperf.baseline import baseline_path, stale_baselines
 
     llmperf_session = config.stash.get(session_key, None)
     if llmperf_session is None:
         return
+    whole = _wholly_selected(config)
     try:
-        expected = {baseline_path(llmperf_session.baseline_dir, item.nodeid) for item in items if "::" in item.nodeid}
+        expected = {
+            baseline_path(llmperf_session.baseline_dir, item.nodeid)
+            for item in items
+            if "::" in item.nodeid and _inside_any(Path(item.path), whole)
+        }
     except LlmperfError:
         return  # the test itself reports a node id that cannot have a baseline
     llmperf_session.stale.update(stale_baselines(expected))
 
 
+def _wholly_selected(config: pytest.Config) -> list[Path]:
+    """The paths given to pytest without a ``::`` selection (or the default test paths)."""
+    if config.getoption("lf", False):
+        return []  # --last-failed collects only the failed tests of a module: judge nothing
+    return [Path(config.invocation_params.dir, arg).resolve() for arg in config.args if "::" not in arg]
+
+
+def _inside_any(path: Path, roots: list[Path]) -> bool:
+    resolved = path.resolve()
+    return any(resolved == root or root in resolved.parents for root in roots)
+
+
+_MARKERS = ("perf", "perf_tolerance", "gpu")
+
+
+def _check_misspelled_markers(item: pytest.Item) -> None:
+    """A marker that is not registered and is close to one of this plugin's fails the test: a misspelled
+    ``perf_tolerance`` would otherwise run the test with the default tolerances."""
+    import difflib
+
+    registered = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in item.config.getini("markers")}
+    for marker in item.iter_markers():
+        if marker.name in registered or marker.name in _MARKERS:
+            continue
+        close = difflib.get_close_matches(marker.name, _MARKERS, n=1, cutoff=0.8)
+        if close:
+            pytest.fail(
+                f"{item.nodeid}: unknown marker {marker.name!r}; did you mean {close[0]!r}? "
+                "(pytest-llmperf's markers are perf, perf_tolerance and gpu)",
+                pytrace=False,
+            )
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Bad marker arguments fail the test before anything is measured, naming the marker and the value;
     a gpu(...) test without its GPUs is skipped (or failed, see ``_check_gpu_marker``)."""
+    _check_misspelled_markers(item)
     for marker in item.iter_markers("perf"):
         if marker.args or marker.kwargs:
             pytest.fail(
@@ -797,7 +911,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             if marker_table:
                 session.tolerances.with_layer(f"marker perf_tolerance on {item.nodeid}", marker_table)
         except LlmperfError as error:
-            pytest.fail(str(error), pytrace=False)
+            raise _failure(error) from None
     _check_gpu_marker(item)
 
 
@@ -823,7 +937,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         ]
     else:
         if llmperf_session.outcomes or llmperf_session.report is not None:
-            write_reports(llmperf_session.outcomes, llmperf_session.report, llmperf_session.scaling)
+            try:
+                write_reports(llmperf_session.outcomes, llmperf_session.report, llmperf_session.scaling)
+            except OSError as error:
+                llmperf_session.errors.append(f"cannot write the llmperf report: {error}")
+                session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         if llmperf_session.prune_stale:
             for path in llmperf_session.stale:
                 path.unlink(missing_ok=True)
@@ -848,9 +966,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     from pytest_llmperf.scaling import render_scaling
 
     session = config.stash.get(session_key, None)
-    if session is None or not (session.outcomes or session.stale or session.scaling):
+    if session is None or not (session.outcomes or session.stale or session.scaling or session.errors):
         return
     terminalreporter.write_sep("=", "llmperf")
+    for problem in session.errors:
+        terminalreporter.write_line(f"ERROR {problem}", red=True)
     for line in render_table(sorted(session.outcomes, key=lambda outcome: outcome.test)):
         terminalreporter.write_line(line)
     notes = render_notes(session.outcomes)

@@ -6,7 +6,9 @@ Outcomes also travel as JSON from pytest-xdist workers to the controller (``outc
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ def table_rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, ...]]:
     for outcome in outcomes:
         for comparison in outcome.comparisons:
             delta = comparison.delta_pct
-            verdict = Status.UPDATED.value if outcome.status is Status.UPDATED else comparison.verdict.value
+            rewriting = outcome.status in (Status.UPDATED, Status.NOT_WRITTEN)
+            verdict = outcome.status.value if rewriting else comparison.verdict.value
             rows.append(
                 (
                     outcome.test,
@@ -97,7 +100,9 @@ def render_notes(outcomes: Sequence[CheckOutcome]) -> list[str]:
         for change in outcome.changes:
             notes.append(f"{outcome.test}: changed {change}")
         notes += [f"{outcome.test}: {note}" for note in outcome.notes]
-        if outcome.status in (Status.NEW, Status.NOT_COMPARABLE) or (outcome.improvements and outcome.message):
+        if outcome.status in (Status.NEW, Status.NOT_COMPARABLE, Status.NOT_WRITTEN) or (
+            outcome.improvements and outcome.message and outcome.status is not Status.UPDATED
+        ):
             notes.append(f"{outcome.test}: {outcome.message}")
         for warning in outcome.warnings:
             tests_by_warning.setdefault(warning, []).append(outcome.test)
@@ -119,14 +124,19 @@ def outcome_to_json(outcome: CheckOutcome) -> dict[str, Any]:
             {
                 "metric": c.metric,
                 "baseline": c.baseline,
-                "current": c.current,
-                "delta_pct": c.delta_pct,
+                "current": _finite_or_none(c.current),
+                "delta_pct": _finite_or_none(c.delta_pct),
                 "tolerance": {"kind": c.tolerance.kind, "amount": c.tolerance.amount, "text": c.tolerance.text},
                 "verdict": c.verdict.value,
             }
             for c in outcome.comparisons
         ],
     }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN: a non-finite value (verdict "invalid", its note says what it was) is null."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def outcome_from_json(data: dict[str, Any]) -> CheckOutcome:
@@ -192,18 +202,42 @@ def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingR
     return "\n".join(lines) + "\n"
 
 
+def report_paths(path: Path) -> tuple[Path, Path]:
+    """The JSON and Markdown report files of ``--llmperf-report PATH``: a ``.md`` PATH is the Markdown (the
+    JSON goes beside it as ``.json``), any other PATH is the JSON (the Markdown beside it as ``.md``)."""
+    if path.suffix.lower() == ".md":
+        return path.with_suffix(".json"), path
+    return path, path.with_suffix(".md")
+
+
+def check_report_path(path: Path, source: str) -> None:
+    """Fail before anything runs when the reports could not be written at the end (``source``: the option)."""
+    from pytest_llmperf.errors import LlmperfError
+
+    for target in report_paths(path):
+        if target.is_dir():
+            raise LlmperfError(f"{source}: {target} is a directory; give a file path such as out/llmperf.json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".llmperf-report-check-"):
+            pass
+    except OSError as error:
+        raise LlmperfError(f"{source}: cannot write the report to {path} ({error.strerror or error})") from None
+
+
 def write_reports(
     outcomes: Sequence[CheckOutcome], json_path: Path | None, scaling: Sequence[ScalingResult] = ()
 ) -> list[Path]:
-    """Write the JSON report (and Markdown beside it, ``.md``) and append Markdown to $GITHUB_STEP_SUMMARY."""
+    """Write the JSON report (and Markdown beside it, see ``report_paths``) and append Markdown to
+    $GITHUB_STEP_SUMMARY."""
     written = []
     markdown = render_markdown(outcomes, scaling)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(render_json(outcomes, scaling), encoding="utf-8")
-        markdown_path = json_path.with_suffix(".md")
-        markdown_path.write_text(markdown, encoding="utf-8")
-        written += [json_path, markdown_path]
+        json_file, markdown_file = report_paths(json_path)
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(render_json(outcomes, scaling), encoding="utf-8")
+        markdown_file.write_text(markdown, encoding="utf-8")
+        written += [json_file, markdown_file]
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a", encoding="utf-8") as stream:

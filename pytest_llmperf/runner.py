@@ -65,7 +65,7 @@ class HostMemorySampler:
             self._thread.join()
 
 
-@dataclass
+@dataclass(repr=False)
 class PerfResult:
     """What one measurement produced. Every metric is the median over repetitions.
 
@@ -79,6 +79,19 @@ class PerfResult:
     workload: Workload
     engine: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+
+    #: Metrics shown by ``repr`` (an assert on a result prints it): the headline numbers, not the samples.
+    _SHOWN = ("completion_tok_s", "total_tok_s", "ttft_p50", "tpot_p50", "e2e_p99", "rss_peak_gib", "mem_max_gib")
+
+    def __repr__(self) -> str:
+        from pytest_llmperf.compare import format_value
+
+        shown = [f"{name}={format_value(self.metrics[name])}" for name in self._SHOWN if name in self.metrics]
+        workload = self.workload
+        return (
+            f"PerfResult({', '.join(shown)}; {self.engine.get('backend', '?')} engine, "
+            f"{workload.requests} requests x {workload.n_prompt}+{workload.n_predict} tokens)"
+        )
 
     def __getattr__(self, name: str) -> float | None:
         metrics = self.__dict__.get("metrics")

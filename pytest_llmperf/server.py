@@ -1,15 +1,17 @@
 """Server processes launched by the ``openai`` backend: start, wait until healthy, stop, never orphan.
 
-A server runs in its own session (process group), so stopping it stops its children too (vLLM's engine core,
-llama-server's workers). Its stdout and stderr go to a log file, never to a pipe: an inference server logs
-a lot, and a full pipe blocks it. Orphans are prevented three ways:
+A server is started by a small watchdog process (``pytest_llmperf.watchdog``) in its own session (process
+group). Its stdout and stderr go to a log file, never to a pipe: an inference server logs a lot, and a full
+pipe blocks it. Orphans are prevented four ways:
 
-- the fixture teardown (and any failure while starting) stops the group: SIGTERM, then SIGKILL after a grace
-  period;
+- the fixture teardown (and any failure while starting) stops it: SIGTERM to the watchdog, which stops every
+  descendant of the server (SIGTERM, then SIGKILL after a grace period), then SIGKILL to the group;
 - ``atexit`` and a SIGTERM handler (installed while a server runs, chained to the previous handler) stop every
-  live group when pytest exits or is told to terminate;
-- on Linux the server is started with ``PR_SET_PDEATHSIG`` = SIGKILL, so the kernel kills it if pytest itself
-  is killed with SIGKILL (where no Python code runs).
+  live server when pytest exits or is told to terminate;
+- if pytest dies where no Python code runs (SIGKILL), the watchdog sees its stdin close (and on Linux gets
+  SIGTERM through ``PR_SET_PDEATHSIG``) and stops the tree;
+- the watchdog is a child subreaper, so a wrapper's or launcher's children that leave the group (``setsid``)
+  or lose their parent stay in its tree and are stopped with it.
 
 Secrets never leave: every text this module shows (commands, log excerpts) passes through ``redact``.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,8 +40,10 @@ from pytest_llmperf.errors import EngineError
 
 #: How long a stopping server gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 10.0
-#: Lines of the server log quoted in an error.
-LOG_TAIL_LINES = 25
+#: Lines of the server log quoted in an error that found no error line in it.
+LOG_TAIL_LINES = 15
+#: A log line that says what went wrong: argparse's ``prog: error: ...``, a Python exception, ``ERROR``.
+_ERROR_LINE = re.compile(r"(: error: |^\w*(Error|Exception)\b.*:|\bERROR\b)")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,11 +54,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the kernel sends SIGKILL to this process when the process that started it dies."""
+    """Linux: the kernel sends SIGTERM to the watchdog when the process that started it dies; the watchdog
+    then stops the server's whole tree."""
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Redactor:
@@ -131,28 +137,46 @@ class ServerProcess:
         self._headers = dict(headers or {})
         handle, log_name = tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=_log_dir())
         self.log_path = Path(log_name)
+        #: The log is removed when the server stops, unless an error pointed the user to it.
+        self.keep_log = False
         _install_handlers()
+        report_read, report_write = os.pipe()
         try:
             with os.fdopen(handle, "wb") as log:
+                # The watchdog (pytest_llmperf.watchdog) starts the command and stops its whole tree when
+                # pytest stops it or goes away; our end of its stdin is the sign that pytest is alive.
                 self.process = subprocess.Popen(
-                    self.command,
-                    stdin=subprocess.DEVNULL,
+                    [sys.executable, "-m", "pytest_llmperf.watchdog", str(report_write), "--", *self.command],
+                    stdin=subprocess.PIPE,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env={**os.environ, **(env or {})},
                     start_new_session=True,
+                    pass_fds=(report_write,),
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
                 )
         except OSError as error:
+            os.close(report_read)
             raise EngineError(
                 f"cannot start server {name}: {self.redact(' '.join(self.command))}: {error.strerror or error}"
             ) from None
+        finally:
+            os.close(report_write)
+        with os.fdopen(report_read, "rb") as report:
+            started = report.readline().decode(errors="replace").strip()
+        if not started.isdigit():
+            self.process.wait()
+            self._forget_log()
+            problem = started.removeprefix("error ") or "the watchdog ended before it started the server"
+            raise EngineError(f"cannot start server {name}: {self.redact(' '.join(self.command))}: {problem}")
+        self.server_pid = int(started)
         with _live_lock:
             _live.add(self)
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        """The server's own process (the watchdog's child): its memory, and its children's, is the server's."""
+        return self.server_pid
 
     def describe_exit(self) -> str | None:
         """``"exited with code N"`` / ``"was killed by SIGKILL"`` once the process has ended, else None."""
@@ -172,12 +196,25 @@ class ServerProcess:
         tail = "\n".join(text.splitlines()[-lines:])
         return self.redact(tail) or "(the log is empty)"
 
+    def log_errors(self) -> list[str]:
+        """Lines of the log that say what went wrong (argparse's ``prog: error: ...``, a Python exception)."""
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return []
+        found = [line.strip() for line in lines if _ERROR_LINE.search(line)]
+        return [self.redact(line) for line in dict.fromkeys(found)][-3:]
+
     def failure(self, what: str) -> EngineError:
-        """An error naming the server, what happened, and the end of its log."""
+        """An error naming the server, what happened, the log's error lines first, and the end of its log."""
+        self.keep_log = True
+        errors = self.log_errors()
+        said = "".join(f"\n  {line}" for line in errors)
+        tail = "" if errors else f", last lines:\n{self.log_tail()}"
         return EngineError(
-            f"server {self.name} at {self.base_url} (pid {self.pid}) {what}\n"
-            f"command: {self.redact(' '.join(self.command))}\n"
-            f"log: {self.log_path}, last lines:\n{self.log_tail()}"
+            f"server {self.name} at {self.base_url} (pid {self.pid}) {what}"
+            + (f"\nthe server said:{said}" if said else "")
+            + f"\ncommand: {self.redact(' '.join(self.command))}\nlog: {self.log_path}{tail}"
         )
 
     def wait_healthy(self, timeout_s: float) -> None:
@@ -188,8 +225,7 @@ class ServerProcess:
         while True:
             exited = self.describe_exit()
             if exited is not None:
-                self.stop()
-                raise self.failure(f"{exited} before it became healthy ({url})")
+                raise self._stopped(self.failure(f"{exited} before it became healthy ({url})"))
             try:
                 request = urllib.request.Request(url, headers=self._headers)
                 with urllib.request.urlopen(request, timeout=2) as response:
@@ -198,18 +234,22 @@ class ServerProcess:
                     last = f"HTTP {response.status}"
             except urllib.error.HTTPError as error:
                 if error.code in (401, 403):  # up and refusing: waiting longer will not help
-                    self.stop()
-                    raise self.failure(f"refused the health check {url} with HTTP {error.code} (API key?)") from None
+                    what = f"refused the health check {url} with HTTP {error.code} (API key?)"
+                    raise self._stopped(self.failure(what)) from None
                 last = f"HTTP {error.code}"
             except (urllib.error.URLError, OSError) as error:
                 last = str(getattr(error, "reason", error))
             if time.monotonic() > deadline:
-                self.stop()
-                raise self.failure(
+                raise self._stopped(self.failure(
                     f"did not become healthy within {timeout_s:g} s (config key 'startup_timeout_s'); "
                     f"GET {url}: {last}"
-                )
+                ))
             time.sleep(0.2)
+
+    def _stopped(self, error: EngineError) -> EngineError:
+        """``error``, once the server is stopped (its log, which the error names, is kept)."""
+        self.stop()
+        return error
 
     def stop(self) -> None:
         """Stop the server and everything in its process group; reap it. Safe to call twice."""
@@ -218,12 +258,31 @@ class ServerProcess:
         if self.process.poll() is None:
             self._signal_group(signal.SIGTERM)
             try:
-                self.process.wait(timeout=STOP_GRACE_S)
+                self.process.wait(timeout=STOP_GRACE_S + 5)  # the watchdog's own grace, and a margin
             except subprocess.TimeoutExpired:
                 self._signal_group(signal.SIGKILL)
                 self.process.wait()
         # Children that ignored SIGTERM (or outlived a server that crashed) go too.
         self._signal_group(signal.SIGKILL)
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        if self.keep_log:
+            self._redact_log()
+        else:
+            self._forget_log()
+
+    def _redact_log(self) -> None:
+        """Rewrite the kept log without secrets (a server may echo its settings, API key included)."""
+        if not self.redact.secrets:
+            return
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+            if any(secret in text for secret in self.redact.secrets):
+                self.log_path.write_text(self.redact(text), encoding="utf-8")
+
+    def _forget_log(self) -> None:
+        self.log_path.unlink(missing_ok=True)
 
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

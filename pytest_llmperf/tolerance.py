@@ -11,6 +11,7 @@ command line, then the ini file, then the built-in defaults below.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -98,6 +99,9 @@ def parse_tolerance(value: object, spec: MetricSpec, source: str) -> Tolerance:
             "or for accuracy a number of standard errors ('2se')"
         )
     number = float(match.group("number"))
+    if not math.isfinite(number):
+        # "1e999%" would allow any drop: a gate that can never fail.
+        raise LlmperfError(f"{source}: tolerance {text!r} for {spec.name} is not a finite number")
     unit = match.group("unit")
     if unit == "%":
         return Tolerance("relative", number / 100.0, text)
@@ -123,7 +127,10 @@ def _check_pattern(pattern: str, source: str) -> None:
         if "." in pattern or "@c" in pattern or any(fnmatch.fnmatchcase(name, pattern) for name in all_metric_names()):
             return
         raise LlmperfError(f"{source}: tolerance pattern {pattern!r} matches no metric")
-    metric_spec(pattern)  # raises, naming the known metrics, for an unknown name
+    try:
+        metric_spec(pattern)  # raises, naming the known metrics (and the closest), for an unknown name
+    except LlmperfError as error:
+        raise LlmperfError(f"{source}: {error}") from None
 
 
 def parse_assignments(lines: Iterable[str], source: str) -> dict[str, str]:

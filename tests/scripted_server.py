@@ -3,13 +3,15 @@
 Modes: ``ok`` (a well-formed stream with usage when asked), ``http500`` (every completion fails), ``slow`` (the
 stream stalls after the first chunk), ``not-json`` (a data line that is not JSON), ``no-end`` (the stream stops
 without a finish_reason or ``[DONE]``), ``error-event`` (an ``{"error": ...}`` event mid-stream), ``auth`` (like
-``ok`` but requires ``Authorization: Bearer $SCRIPTED_KEY``), ``not-sse`` (answers one JSON body, no stream).
+``ok`` but requires ``Authorization: Bearer $SCRIPTED_KEY``), ``basic`` (requires HTTP Basic
+``$SCRIPTED_USER:$SCRIPTED_PASSWORD``), ``not-sse`` (answers one JSON body, no stream).
 Completions record their JSON bodies in
 ``$SCRIPTED_LOG`` (one per line) when it is set.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -40,15 +42,20 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _authorised(self) -> bool:
-        if MODE != "auth":
+        if MODE not in ("auth", "basic"):
             return True
-        if self.headers.get("Authorization") == f"Bearer {os.environ['SCRIPTED_KEY']}":
+        if MODE == "auth" and self.headers.get("Authorization") == f"Bearer {os.environ['SCRIPTED_KEY']}":
             return True
+        if MODE == "basic":
+            token = base64.b64encode(f"{os.environ['SCRIPTED_USER']}:{os.environ['SCRIPTED_PASSWORD']}".encode())
+            if self.headers.get("Authorization") == f"Basic {token.decode()}":
+                return True
         self._json(401, {"error": {"message": "invalid api key"}})
         return False
 
     def do_GET(self) -> None:
-        if self.path == "/v1/models" and self._authorised():
+        # ``basic`` guards completions only, so the launch's health check (no credentials) sees it up.
+        if self.path == "/v1/models" and (MODE == "basic" or self._authorised()):
             self._json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
         elif self.path != "/v1/models":
             self._json(404, {"error": "not found"})

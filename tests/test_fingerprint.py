@@ -38,7 +38,7 @@ def _run(pytester: pytest.Pytester, completion: float, *args: str) -> pytest.Run
 
 
 def _older_llama_cpp() -> dict[str, Any]:
-    fingerprint = {"backend": "llama_cpp", **environment()}
+    fingerprint = {"backend": "llama_cpp", **environment("llama_cpp")}
     fingerprint["versions"] = {**fingerprint["versions"], "llama-cpp-python": "0.3.35"}
     return fingerprint
 
@@ -47,7 +47,7 @@ def test_version_change_without_regression_passes_and_lists_the_change(pytester:
     _write_baseline(pytester, _older_llama_cpp())
     result = _run(pytester, 101.0)
     result.assert_outcomes(passed=1)
-    current = environment()["versions"]["llama-cpp-python"]
+    current = environment("llama_cpp")["versions"]["llama-cpp-python"]
     result.stdout.fnmatch_lines([f"*test_check.py::test_speed: changed versions.llama-cpp-python 0.3.35 -> {current}"])
 
 
@@ -55,7 +55,7 @@ def test_version_change_with_regression_fails_naming_metric_and_change(pytester:
     _write_baseline(pytester, _older_llama_cpp())
     result = _run(pytester, 50.0)
     result.assert_outcomes(failed=1)
-    current = environment()["versions"]["llama-cpp-python"]
+    current = environment("llama_cpp")["versions"]["llama-cpp-python"]
     result.stdout.fnmatch_lines(
         [
             "*performance regression in test_check.py::test_speed*",
@@ -67,7 +67,7 @@ def test_version_change_with_regression_fails_naming_metric_and_change(pytester:
 
 
 def test_other_hardware_class_is_skipped_then_recorded_beside_it(pytester: pytest.Pytester) -> None:
-    other = {"backend": "llama_cpp", **environment(), "hardware": {"class": "gpu:NVIDIA H100 80GB HBM3:1"}}
+    other = {"backend": "llama_cpp", **environment("llama_cpp"), "hardware": {"class": "gpu:NVIDIA H100 80GB HBM3:1"}}
     _write_baseline(pytester, other, completion=9000.0)
 
     skipped = _run(pytester, 100.0)

@@ -151,7 +151,13 @@ def test_malformed_baseline_fails_naming_the_file(suite: pytest.Pytester) -> Non
     result.stdout.fnmatch_lines([f"*{path}: malformed JSON at line 1*"])
     assert "Traceback" not in result.stdout.str()
     assert path.read_text() == '{"schema": 1, "test": '  # nothing on disk was touched
-    # --update-baselines replaces the broken file.
+    # --update-baselines refuses it too (it may hold other machines' entries), naming it; once it is gone,
+    # the update records it anew.
+    refused = run(suite, "--llmperf-model", "q4_k_m", "--update-baselines")
+    refused.assert_outcomes(failed=1)
+    refused.stdout.fnmatch_lines([f"*{path}: malformed JSON at line 1*would lose the rest of the file*"])
+    assert path.read_text() == '{"schema": 1, "test": '
+    path.unlink()
     run(suite, "--llmperf-model", "q4_k_m", "--update-baselines").assert_outcomes(passed=1)
     assert json.loads(path.read_text())["schema"] == 1
 

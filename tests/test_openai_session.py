@@ -66,7 +66,10 @@ def test_keyed(engine_factory, llmperf):
         urllib.request.urlopen(bare, timeout=10)
     assert refused.value.code == 401
     print("engine:", json.dumps(engine.describe()))
-    result = llmperf.measure(engine, Workload(n_prompt=16, n_predict=4, requests=2, repetitions=1))
+    # Gated on throughput alone, with a 100% tolerance (a throughput cannot drop by more): a test of secrets
+    # must not fail because the machine is slow.
+    result = llmperf.measure(engine, Workload(n_prompt=16, n_predict=4, requests=2, repetitions=1),
+                             gate=["completion_tok_s"], tolerances={"completion_tok_s": "100%"})
     print("result:", result.engine)
 """
 
@@ -82,7 +85,7 @@ def test_api_key_leaves_no_trace(pytester: pytest.Pytester, monkeypatch: pytest.
     recorded = pytester.runpytest_subprocess(*args, "--update-baselines")
     recorded.assert_outcomes(passed=1)
     # The second run checks against the baseline (reading and comparing it); its numbers are not the point here.
-    checked = pytester.runpytest_subprocess(*args, "--llmperf-tolerance", "*=1000%")
+    checked = pytester.runpytest_subprocess(*args)
     checked.assert_outcomes(passed=1)
     written = [path for path in pytester.path.rglob("*") if path.is_file() and path.suffix in (".json", ".md")]
     assert any(path.parent.name == "test_keyed" for path in written)  # the baseline

@@ -15,6 +15,7 @@ were generated.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 from pytest_llmperf.errors import EngineError
 from pytest_llmperf.model import VARIANTS, default_model_path, is_trained_model_name, trained_model_path
+from pytest_llmperf.quiet import native_output_silenced
 from pytest_llmperf.workload import Request, RequestRecord
 
 # Defaults that make measurements repeatable; every one can be overridden in the config.
@@ -118,8 +120,10 @@ class LlamaCppEngine:
         self.model_path = resolve_model(model)
         self.engine_config = {**_ENGINE_DEFAULTS, **{k: v for k, v in knobs.items() if k in engine_knobs}}
         self.sampling = {**_SAMPLING_DEFAULTS, **{k: v for k, v in knobs.items() if k in sampling_knobs}}
+        quiet = native_output_silenced() if not self.engine_config.get("verbose") else contextlib.nullcontext()
         try:
-            self._llm = llama_cpp.Llama(model_path=str(self.model_path), **self.engine_config)
+            with quiet:  # llama.cpp warns past verbose=False (n_ctx_seq > n_ctx_train); verbose=True shows all
+                self._llm = llama_cpp.Llama(model_path=str(self.model_path), **self.engine_config)
         except (ValueError, RuntimeError, TypeError) as error:
             raise EngineError(
                 f"llama.cpp could not load {self.model_path} with {self.engine_config}: {error}"

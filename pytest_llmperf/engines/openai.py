@@ -20,6 +20,7 @@ fingerprint, not in an error message, not in a log excerpt.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import difflib
 import json
@@ -36,7 +37,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pytest_llmperf.errors import EngineError
 from pytest_llmperf.server import Redactor, ServerProcess, free_port
@@ -107,6 +108,10 @@ class _HttpStatus(EngineError):
         self.status = status
 
 
+class _Refused(EngineError):
+    """Nothing listens at the server's address."""
+
+
 class _RequestFailed(Exception):
     def __init__(self, index: int, what: str) -> None:
         super().__init__(what)
@@ -137,19 +142,31 @@ def _run_sync(coroutine: Coroutine[Any, Any, _T]) -> _T:
     return result[0]
 
 
-def _normalise_base_url(url: str) -> str:
+def _normalise_base_url(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without user info, a trailing slash or ``/v1``, and the ``(user, password)`` it carried.
+
+    Credentials in a URL go into an ``Authorization: Basic`` header (urllib does not send them itself) and
+    never into a message: the URL shown everywhere is the one without them.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise EngineError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000, got {url!r}")
-    base = url.rstrip("/")
-    return base[: -len("/v1")] if base.endswith("/v1") else base
+        raise EngineError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000, got {_public_url(url)!r}")
+    credentials = None
+    if parts.username is not None or parts.password is not None:
+        credentials = (unquote(parts.username or ""), unquote(parts.password or ""))
+    base = _public_url(url).rstrip("/")
+    return (base[: -len("/v1")] if base.endswith("/v1") else base), credentials
 
 
 def _public_url(url: str) -> str:
     """``url`` without user info, query or fragment (for fingerprints and messages)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is not a number: show what was given, without the user info
+        port = ":" + parts.netloc.rpartition("@")[2].rpartition(":")[2]
+    host = f"[{host}]" if ":" in host else host
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
@@ -159,7 +176,7 @@ class OpenAIEngine:
     backend = "openai"
 
     _KNOBS = (
-        "model", "base_url", "launch", "server_args", "server_env", "api_key_env", "health_path",
+        "model", "base_url", "launch", "server_args", "server_env", "api_key_env", "api_key_server_env", "health_path",
         "startup_timeout_s", "request_timeout_s", "eos", "tokenize", "stream_usage", "sampling", "served_model",
     )
 
@@ -196,10 +213,17 @@ class OpenAIEngine:
             api_key = os.environ.get(self._api_key_env)
             if not api_key:
                 raise EngineError(f"api_key_env names {self._api_key_env!r}, but that environment variable is not set")
-        self._redact = Redactor([api_key] if api_key else [])
+        credentials = _normalise_base_url(str(base_url))[1] if base_url is not None else None
+        secrets = [api_key or ""]
         self._headers = {"Content-Type": "application/json"}
+        if credentials is not None:
+            user, password = credentials
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+            secrets += [password, token, urlsplit(str(base_url)).netloc.rpartition("@")[0]]
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._redact = Redactor(secrets)
 
         preset: Preset | None = None
         self.launch_name: str | None = None
@@ -220,6 +244,13 @@ class OpenAIEngine:
                     f"launch={launch!r} is neither a preset ({', '.join(PRESETS)}) nor a command template "
                     "(a list of arguments or a command line with {model}, {host}, {port} placeholders)"
                 )
+            if any("{api_key}" in str(argument) for argument in template):
+                raise EngineError(
+                    "the launch command uses {api_key}: that would put the key in the server's argv (visible to "
+                    "every user in `ps`) and in its log. Launched servers get the key in their environment "
+                    "instead: name the variable the server reads with api_key_server_env='...' (presets know "
+                    "theirs); the server also inherits the variable named by api_key_env"
+                )
             self.template = template
             if preset is not None and preset.gguf:
                 from pytest_llmperf.engines.llama_cpp import resolve_model
@@ -235,12 +266,12 @@ class OpenAIEngine:
             host = "127.0.0.1"
             port = free_port(host)
             self.base_url = f"http://{host}:{port}"
-            values = {"{python}": sys.executable, "{model}": model_argument, "{host}": host, "{port}": str(port),
-                      "{api_key}": api_key or ""}
+            values = {"{python}": sys.executable, "{model}": model_argument, "{host}": host, "{port}": str(port)}
             command = [self._fill(arg, values) for arg in template]
             env = dict(self.server_env)
-            if api_key and preset is not None:
-                env[preset.api_key_env] = api_key
+            server_key_env = config.get("api_key_server_env") or (preset.api_key_env if preset else None)
+            if api_key and server_key_env:
+                env[str(server_key_env)] = api_key
             self.health_path = config.get("health_path") or (preset.health_path if preset else "/v1/models")
             self._server = ServerProcess(
                 command, name=self.launch_name if preset else Path(command[0]).name, base_url=self.base_url,
@@ -249,7 +280,7 @@ class OpenAIEngine:
             self._server.wait_healthy(self.startup_timeout_s)
         else:
             self.template = []
-            self.base_url = _normalise_base_url(str(base_url))
+            self.base_url = _normalise_base_url(str(base_url))[0]
             self.health_path = config.get("health_path") or "/v1/models"
             self._wait_attached()
 
@@ -290,6 +321,11 @@ class OpenAIEngine:
                 message += f" (check the API key: api_key_env={self._api_key_env!r})"
             raise _HttpStatus(self._redact(message), error.code) from None
         except (urllib.error.URLError, OSError, ValueError) as error:
+            exited = self._server.describe_exit() if self._server is not None else None
+            if exited is not None and self._server is not None:
+                raise self._server.failure(f"{exited}; {method} {path} failed: {error}") from None
+            if isinstance(getattr(error, "reason", error), ConnectionRefusedError):
+                raise _Refused(self._redact(f"{self._where()}: {method} {path}: connection refused")) from None
             raise EngineError(self._redact(f"{self._where()}: {method} {path} failed: {error}")) from None
 
     def _wait_attached(self) -> None:
@@ -302,6 +338,9 @@ class OpenAIEngine:
                 if error.status in (401, 403, 404):  # up, and waiting will not change the answer
                     raise
                 last: EngineError = error
+            except _Refused as error:
+                # Nothing listens there: an answer, not a server still starting.
+                raise EngineError(f"{error}; is a server running at base_url {self.base_url}?") from None
             except EngineError as error:
                 last = error
             if time.monotonic() > deadline:
@@ -369,6 +408,8 @@ class OpenAIEngine:
         }
         if self._counts:
             description["token_counts"] = dict(self._counts)
+        if self.launch_name == "llama_cpp_server":
+            description["distributions"] = ["llama-cpp-python"]  # the server's library (fingerprint versions)
         if self.model_path is not None:
             description["model_path"] = str(self.model_path)
         elif self._server is not None and self.model is not None:
@@ -608,6 +649,11 @@ class OpenAIEngine:
         if not rows:
             raise EngineError(f"{self._where()} returned no prompt log-probabilities for {prompt[:40]!r}")
         return rows, "text"
+
+    def ended(self) -> str | None:
+        """How a launched server ended ("exited with code 1"), None while it runs (or when attached); the
+        engine cache launches a new one for an ended server."""
+        return self._server.describe_exit() if self._server is not None else None
 
     def host_memory_pids(self) -> list[int] | None:
         """The launched server's process (its children count too); None when attached (not measurable here)."""
