@@ -1,9 +1,10 @@
 """Silence native libraries' console output (llama.cpp's loader, quantiser and context warnings).
 
-llama.cpp prints to the process's stdout and stderr from C, past Python's ``sys.stdout`` and past
-llama-cpp-python's ``verbose=False`` (``n_ctx_seq (2048) > n_ctx_train (256)``, a quantiser's line per tensor).
-``native_output_silenced`` points file descriptors 1 and 2 at a temporary file for the duration of a block;
-if the block raises, what was printed is written to the real stderr, so a failure still shows why.
+llama.cpp prints past llama-cpp-python's ``verbose=False`` (``n_ctx_seq (2048) > n_ctx_train (256)``, a
+quantiser's line per tensor): some from C to file descriptors 1 and 2, some through llama-cpp-python's log
+callback to ``sys.stderr`` (which pytest's capture replaces by an object of its own). ``native_output_silenced``
+points both, descriptors and Python streams, at a temporary file for the duration of a block; if the block
+raises, what was printed is written to the real stderr, so a failure still shows why.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ def native_output_silenced() -> Iterator[None]:
             with contextlib.suppress(Exception):
                 stream.flush()
         saved = [os.dup(1), os.dup(2)]
+        text = open(os.dup(sink.fileno()), "w", encoding="utf-8", errors="replace")  # noqa: SIM115
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            yield
+            with text, contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                yield
         except BaseException:
             _restore(saved)
             sink.seek(0)
-            os.write(2, sink.read()[-20_000:])
+            sys.stderr.write(sink.read()[-20_000:].decode(errors="replace"))
             raise
         else:
             _restore(saved)

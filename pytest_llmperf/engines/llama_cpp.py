@@ -75,7 +75,8 @@ def warm_up() -> None:
         return
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(default_model_path("q4_k_m")), n_ctx=256, n_threads=1, verbose=False)
+    with native_output_silenced():
+        llm = llama_cpp.Llama(model_path=str(default_model_path("q4_k_m")), n_ctx=256, n_threads=1, verbose=False)
     try:
         llm.eval([llm.token_bos(), 300, 301, 302])
     finally:
