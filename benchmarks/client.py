@@ -67,8 +67,8 @@ def run_child(command: list[str], env: dict[str, str] | None = None) -> tuple[fl
 
 def ours_child(url: str, requests: int, concurrency: int, n_prompt: int, n_predict: int) -> None:
     """In the child: drive the server with pytest-llmperf's engine and print what it measured as JSON."""
+    from pytest_llmperf.core.workload import Request
     from pytest_llmperf.engines.openai import OpenAIEngine
-    from pytest_llmperf.workload import Request
 
     engine = OpenAIEngine(base_url=url, tokenize=None)
     batch = [Request(engine.make_prompt(seed, n_prompt), n_predict) for seed in range(requests)]

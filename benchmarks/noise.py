@@ -26,13 +26,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from pytest_llmperf.baseline import MetricRecord
-from pytest_llmperf.compare import Verdict, judge
+from pytest_llmperf.core.baseline import MetricRecord
+from pytest_llmperf.core.metrics import metric_spec
+from pytest_llmperf.core.tolerance import parse_tolerance
+from pytest_llmperf.core.verdict import Verdict, judge
+from pytest_llmperf.core.workload import Workload
 from pytest_llmperf.engines import create_engine
-from pytest_llmperf.metrics import metric_spec
-from pytest_llmperf.runner import run_workload
-from pytest_llmperf.tolerance import parse_tolerance
-from pytest_llmperf.workload import Workload
+from pytest_llmperf.measure.runner import run_workload
 
 METRIC = "completion_tok_s"
 

@@ -1,5 +1,5 @@
 """The shipped trained model (two-digit addition, 1.45 M parameters, ``tools/train_addition_model.py``) in F16,
-Q8_0, Q4_K_M and Q4_0: speed, memory, accuracy and logit fidelity in one check per quantisation.
+Q8_0, Q4_K_M and Q4_0: speed, memory, accuracy and logit fidelity in one record per quantisation.
 
 The checkpoint is the partially trained one, where 4-bit quantisation visibly costs accuracy. Fidelity is
 measured against the F16 model's distributions (taken fresh each run), so the end-of-session trade-off table
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf import Workload
-from pytest_llmperf.addition import answer, heldout_pairs, prompt
-from pytest_llmperf.fidelity import reference_of
+from pytest_llmperf import Workload, reference_of
+from pytest_llmperf.assets.addition import answer, heldout_pairs, prompt
 
 CHECKPOINT = "partial"
 ENGINE = {"n_threads": 1, "n_threads_batch": 1, "n_ctx": 256}  # 1.45 M parameters: one thread is plenty
@@ -37,14 +36,10 @@ def test_quantisation_tradeoff(engine_factory, llmperf, lm_eval_scorer, variant)
     reference = reference_of(engine_factory("llama_cpp", model=f"addition-{CHECKPOINT}-f16", **ENGINE),
                              FIDELITY_PROMPTS)
     engine = engine_factory("llama_cpp", model=f"addition-{CHECKPOINT}-{variant}", **ENGINE)
-    speed = llmperf.measure(engine, SPEED, check=False)
-    scores = lm_eval_scorer(engine, TASKS, check=False)
-    fidelity = llmperf.fidelity(engine, FIDELITY_PROMPTS, reference=reference, check=False)
-    metrics = {name: speed.metrics[name] for name in ("completion_tok_s", "tpot_p50", "rss_peak_gib")}
-    metrics.update(scores.metrics)
-    metrics.update(fidelity.metrics)
-    llmperf.check(metrics, samples=speed.samples, stderr=scores.stderr, engine=engine,
-                  fingerprint=scores.fingerprint, workload=SPEED.to_dict(), warnings=speed.warnings)
+    # Three measuring calls, one record: judged together when the test ends, one baseline file.
+    llmperf.measure(engine, SPEED, gate=["completion_tok_s", "tpot_p50", "rss_peak_gib"])
+    scores = lm_eval_scorer(engine, TASKS)
+    llmperf.fidelity(engine, FIDELITY_PROMPTS, reference=reference)
     # Far above chance (1 in 4 for the multiple choice, ~0 for exact match) in every quantisation.
     assert scores.metrics["llmperf_addition_mc.acc"] > 0.6
     assert scores.metrics["llmperf_addition.exact_match"] > 0.5

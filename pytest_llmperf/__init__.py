@@ -5,8 +5,19 @@ The public names are importable from here; heavy engine libraries are imported o
 
 from __future__ import annotations
 
-from pytest_llmperf.errors import BaselineError, EngineError, LlmperfError
-from pytest_llmperf.workload import Workload
+from typing import Any
 
-__all__ = ["BaselineError", "EngineError", "LlmperfError", "Workload", "__version__"]
+from pytest_llmperf.core.workload import Workload
+from pytest_llmperf.errors import BaselineError, EngineError, LlmperfError
+
+__all__ = ["BaselineError", "EngineError", "LlmperfError", "Workload", "__version__", "reference_of"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the fidelity code needs nothing heavy, but a plugin import should not pay for it.
+    if name == "reference_of":
+        from pytest_llmperf.measure.fidelity import reference_of
+
+        return reference_of
+    raise AttributeError(f"module 'pytest_llmperf' has no attribute {name!r}")

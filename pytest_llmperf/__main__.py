@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("after", type=Path)
     arguments = parser.parse_args(argv)
 
-    from pytest_llmperf.report import compare_reports, load_report_values
+    from pytest_llmperf.reports.compare import compare_reports
+    from pytest_llmperf.reports.json_report import load_report_values
 
     try:
         lines = compare_reports(load_report_values(arguments.before), load_report_values(arguments.after))

@@ -6,13 +6,14 @@ import os
 
 # In-process pytester runs restore sys.modules afterwards; extension modules cannot be loaded twice in one
 # process, so import the engine stack here, before any inner run, and every inner run shares it.
+import datasets  # noqa: F401  (pyarrow extension types can be registered once per process)
 import filelock  # noqa: F401
 import llama_cpp  # noqa: F401
 import numpy  # noqa: F401
 import psutil  # noqa: F401
 import pytest
 
-from pytest_llmperf.model import cache_dir
+from pytest_llmperf.assets.model import cache_dir
 
 # pytester points HOME at a temporary directory; keep every run on the one model cache of this machine
 # so the embedded model is built once, not once per inner run.

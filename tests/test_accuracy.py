@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.accuracy import SHIPPED_TASKS, evaluate, metrics_from_results
+from pytest_llmperf.assets.tasks import generate
 from pytest_llmperf.engines.llama_cpp import LlamaCppEngine, resolve_model
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.tasks import generate
+from pytest_llmperf.measure.accuracy import SHIPPED_TASKS, evaluate, metrics_from_results
 
 CONFIG = {"n_threads": 2, "n_ctx": 512}
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_llmperf.baseline import (
+from pytest_llmperf.core.baseline import (
     Baseline,
     BaselineFile,
     MetricRecord,

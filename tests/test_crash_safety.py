@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.baseline import load_baseline
+from pytest_llmperf.core.baseline import load_baseline
 
 
 def _suite(pytester: pytest.Pytester, count: int, value: float) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.fidelity import (
+from pytest_llmperf.measure.fidelity import (
     FullDistribution,
     TopDistribution,
     check_reference,

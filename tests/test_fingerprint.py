@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf.fingerprint import environment, hardware
+from pytest_llmperf.core.fingerprint import environment, hardware
 
 CHECK = """
 import pytest

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from pytest_llmperf import fingerprint
-from pytest_llmperf.gpu import NvmlTracker, visible_devices
+from pytest_llmperf.core import hardware as fingerprint
+from pytest_llmperf.measure.gpu import NvmlTracker, visible_devices
 from tests.fake_nvml import GIB, FakeGpu, make_pynvml
 
 FOREVER = 3600.0  # the thread never samples: start(), the test's sample() calls and stop() make the trace
@@ -193,7 +193,7 @@ def test_nvml_tracker_fixture(pytester: pytest.Pytester) -> None:
 
 
 def test_worker_devices_blocks() -> None:
-    from pytest_llmperf.gpu import GpuDevice, worker_devices
+    from pytest_llmperf.core.hardware import GpuDevice, worker_devices
 
     devices = [GpuDevice(i, None, f"GPU-{i}", "H100", 80 * GIB) for i in range(4)]
     uuids = [[d.uuid for d in worker_devices(devices, worker, 2)] for worker in range(3)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_llmperf.core.workload import Request, Workload
 from pytest_llmperf.engines import create_engine
 from pytest_llmperf.errors import EngineError
-from pytest_llmperf.runner import run_workload
-from pytest_llmperf.workload import Request, Workload
+from pytest_llmperf.measure.runner import run_workload
 
 
 @pytest.fixture(scope="module")

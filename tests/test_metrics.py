@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_llmperf.core.metrics import compute_metrics
+from pytest_llmperf.core.workload import RequestRecord, Workload
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.metrics import compute_metrics
-from pytest_llmperf.workload import RequestRecord, Workload
 
 
 def test_metrics_of_known_records() -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.baseline import baseline_path
+from pytest_llmperf.core.baseline import baseline_path
+from pytest_llmperf.core.metrics import metric_spec
+from pytest_llmperf.core.tolerance import ToleranceTable, parse_tolerance
+from pytest_llmperf.core.workload import Workload
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.metrics import metric_spec
-from pytest_llmperf.runner import PerfResult
-from pytest_llmperf.tolerance import ToleranceTable, parse_tolerance
-from pytest_llmperf.workload import Workload
+from pytest_llmperf.measure.runner import PerfResult
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -190,7 +190,7 @@ def test_perf_result_repr_is_one_short_line() -> None:
 def test_failing_assert_on_a_result_is_readable(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_assert="""
-        from pytest_llmperf.runner import PerfResult
+        from pytest_llmperf.measure.runner import PerfResult
         from pytest_llmperf import Workload
 
         def test_slo():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.baseline import Baseline, MetricRecord, load_baseline, record_baseline
+from pytest_llmperf.core.baseline import Baseline, MetricRecord, load_baseline, record_baseline
 from pytest_llmperf.errors import BaselineError
 
 TWO_TESTS = """

@@ -16,10 +16,10 @@ from typing import Any
 import psutil
 import pytest
 
+from pytest_llmperf.core.workload import Request, Workload
 from pytest_llmperf.engines.openai import OpenAIEngine
 from pytest_llmperf.errors import EngineError
-from pytest_llmperf.runner import run_workload
-from pytest_llmperf.workload import Request, Workload
+from pytest_llmperf.measure.runner import run_workload
 
 SCRIPTED = str(Path(__file__).with_name("scripted_server.py"))
 
@@ -236,7 +236,7 @@ def test_api_key_reaches_the_server_but_no_message(monkeypatch: pytest.MonkeyPat
 
 
 def test_fidelity_through_a_server_uses_its_echoed_top_logprobs(server: OpenAIEngine) -> None:
-    from pytest_llmperf.fidelity import compare_to_reference, make_reference
+    from pytest_llmperf.measure.fidelity import compare_to_reference, make_reference
 
     prompts = ["The capital of France is Paris.", "One two three four"]
     rows = [server.fidelity_logprobs(prompt, 5)[0] for prompt in prompts]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf import fingerprint
-from pytest_llmperf.accuracy import evaluate
+from pytest_llmperf.assets.model import quantize, trained_model_path
+from pytest_llmperf.core import fingerprint
 from pytest_llmperf.engines.llama_cpp import LlamaCppEngine
-from pytest_llmperf.model import quantize, trained_model_path
+from pytest_llmperf.measure.accuracy import evaluate
 
 
 def test_llama_cpp_engine_prints_nothing_past_verbose_false(capfd: pytest.CaptureFixture[str]) -> None:

@@ -184,10 +184,11 @@ def test_metrics_reach_pytest_benchmark_extra_info(pytester: pytest.Pytester, mo
 def test_tradeoff_table_puts_quality_beside_speed_and_memory() -> None:
     from pathlib import Path
 
-    from pytest_llmperf.check import CheckOutcome, Status
-    from pytest_llmperf.compare import MetricComparison, Verdict
-    from pytest_llmperf.report import render_markdown, tradeoff_rows
-    from pytest_llmperf.tolerance import Tolerance
+    from pytest_llmperf.core.check import CheckOutcome, Status
+    from pytest_llmperf.core.tolerance import Tolerance
+    from pytest_llmperf.core.verdict import MetricComparison, Verdict
+    from pytest_llmperf.reports.markdown import render_markdown
+    from pytest_llmperf.reports.table import tradeoff_rows
 
     def outcome(test: str, values: dict[str, float]) -> CheckOutcome:
         tolerance = Tolerance("relative", 0.1, "10%")

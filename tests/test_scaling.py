@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmperf.core.metrics import metric_spec, split_concurrency
+from pytest_llmperf.core.tolerance import DEFAULT_TOLERANCES, ToleranceTable
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.metrics import metric_spec, split_concurrency
-from pytest_llmperf.scaling import check_concurrencies, scaling_rows
-from pytest_llmperf.tolerance import DEFAULT_TOLERANCES, ToleranceTable
+from pytest_llmperf.measure.scaling import check_concurrencies, scaling_rows
 
 
 def test_rows_compute_speedup_and_efficiency_over_the_lowest_level() -> None:

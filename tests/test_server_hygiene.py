@@ -15,10 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pytest_llmperf.core.workload import Request
 from pytest_llmperf.engines.openai import OpenAIEngine
+from pytest_llmperf.engines.server import free_port
 from pytest_llmperf.errors import EngineError
-from pytest_llmperf.server import free_port
-from pytest_llmperf.workload import Request
 from tests.test_openai import SCRIPTED, scripted
 
 PASSWORD = "pw-llmperf-93c1-do-not-leak"

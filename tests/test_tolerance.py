@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf.baseline import MetricRecord
-from pytest_llmperf.compare import Verdict, judge
+from pytest_llmperf.core.baseline import MetricRecord
+from pytest_llmperf.core.metrics import metric_spec
+from pytest_llmperf.core.tolerance import DEFAULT_TOLERANCES, ToleranceTable, parse_assignments, parse_tolerance
+from pytest_llmperf.core.verdict import Verdict, judge
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.metrics import metric_spec
-from pytest_llmperf.tolerance import DEFAULT_TOLERANCES, ToleranceTable, parse_assignments, parse_tolerance
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from pytest_llmperf import addition
-from pytest_llmperf.accuracy import evaluate
+from pytest_llmperf.assets import addition
+from pytest_llmperf.assets.model import TRAINED_DIR, file_sha256, trained_model_path
 from pytest_llmperf.engines.llama_cpp import LlamaCppEngine
 from pytest_llmperf.errors import EngineError, LlmperfError
-from pytest_llmperf.model import TRAINED_DIR, file_sha256, trained_model_path
+from pytest_llmperf.measure.accuracy import evaluate
 
 ENGINE = {"n_threads": 1, "n_threads_batch": 1, "n_ctx": 256}
 
@@ -52,7 +52,7 @@ def test_the_shipped_model_scores_far_above_chance(checkpoint: str, exact_match:
 
 FIDELITY_VS_ACCURACY = """
 import os, pytest
-from pytest_llmperf.addition import answer, heldout_pairs, prompt
+from pytest_llmperf.assets.addition import answer, heldout_pairs, prompt
 
 PROMPTS = [(prompt(a, b), answer(a, b)) for a, b in heldout_pairs()[::10]]
 

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
+from pytest_llmperf.core.workload import Workload
 from pytest_llmperf.engines import create_engine
 from pytest_llmperf.errors import EngineError
-from pytest_llmperf.runner import run_workload
-from pytest_llmperf.workload import Workload
+from pytest_llmperf.measure.runner import run_workload
 from tests import fake_vllm
 
 
@@ -70,7 +70,7 @@ def test_concurrency_batches_requests_into_one_generate_call(vllm: object) -> No
 
 
 def fake_vllm_request(tokens: int):  # type: ignore[no-untyped-def]
-    from pytest_llmperf.workload import Request
+    from pytest_llmperf.core.workload import Request
 
     return Request(prompt=[1, 5, 6], max_tokens=tokens)
 
@@ -86,7 +86,7 @@ def test_close_shuts_the_engine_core_and_frees_memory(vllm: object) -> None:
 
 
 def _gpu_present() -> bool:
-    from pytest_llmperf.gpu import probe_gpus
+    from pytest_llmperf.core.hardware import probe_gpus
 
     return bool(probe_gpus()[0])
 

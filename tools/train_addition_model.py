@@ -3,7 +3,7 @@
     .venv/bin/pip install torch==2.13.0   # the CPU build on this disk; not a plugin dependency
     .venv/bin/python tools/train_addition_model.py [--out-dir DIR] [--steps 1500] [--partial-step 400]
 
-Trains on CPU (2 threads, every seed fixed) the Llama of ``pytest_llmperf.addition`` (n_embd 256, 2 layers,
+Trains on CPU (2 threads, every seed fixed) the Llama of ``pytest_llmperf.assets.addition`` (n_embd 256, 2 layers,
 4 heads, n_ff 512, RMSNorm 1e-5, rope base 10000 in llama.cpp's interleaved-pair convention, untied output head)
 on the 8,000 training pairs, loss on the answer digits and EOS only; AdamW lr 2e-3, betas (0.9, 0.98),
 weight decay 0.1 on matrices, 100 warm-up steps then cosine to zero, batch 256, gradient clip 1.0.
@@ -15,7 +15,7 @@ clearest Q4_0 loss of the steps tried (150-1000): held-out EM 0.798 in F16, 0.77
 23 gained); at step 300 (EM 0.590) the Q4_0 loss was -0.0105, within the binomial stderr of 0.011.
 
 Then, for each checkpoint, loads the GGUF in llama.cpp (F32 KV cache), checks the tokenizer against
-:func:`pytest_llmperf.addition.encode`, compares llama.cpp's last-position logits with torch's on the same
+:func:`pytest_llmperf.assets.addition.encode`, compares llama.cpp's last-position logits with torch's on the same
 F16-rounded weights (exit 1 beyond ``--max-logit-diff``), and measures held-out exact match by greedy
 decoding in llama.cpp.
 """
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pytest_llmperf import addition
+from pytest_llmperf.assets import addition
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "pytest_llmperf" / "models"
 PARTIAL_NAME = "addition-partial-f16.gguf"

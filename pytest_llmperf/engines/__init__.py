@@ -10,8 +10,8 @@ import importlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from pytest_llmperf.core.workload import Request, RequestRecord
 from pytest_llmperf.errors import EngineError
-from pytest_llmperf.workload import Request, RequestRecord
 
 #: backend name -> "module:class", imported lazily.
 BACKENDS: dict[str, str] = {

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.assets.model import VARIANTS, default_model_path, is_trained_model_name, trained_model_path
+from pytest_llmperf.core.workload import Request, RequestRecord
 from pytest_llmperf.errors import EngineError
-from pytest_llmperf.model import VARIANTS, default_model_path, is_trained_model_name, trained_model_path
 from pytest_llmperf.quiet import native_output_silenced
-from pytest_llmperf.workload import Request, RequestRecord
 
 # Defaults that make measurements repeatable; every one can be overridden in the config.
 _ENGINE_DEFAULTS: dict[str, Any] = {"n_ctx": 2048, "seed": 0, "verbose": False}
@@ -220,7 +220,7 @@ class LlamaCppEngine:
         import llama_cpp
         import numpy as np
 
-        from pytest_llmperf.fidelity import FullDistribution
+        from pytest_llmperf.core.distributions import FullDistribution
 
         tokens = self._llm.tokenize(prompt.encode(), add_bos=True)
         if len(tokens) > self._llm.n_ctx():

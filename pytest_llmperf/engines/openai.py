@@ -3,7 +3,7 @@
 Launch: ``launch`` is a preset (``llama_cpp_server``, ``llama_server``, ``vllm``) or a command template with
 the placeholders ``{python}``, ``{model}``, ``{host}``, ``{port}``, ``{api_key}``; the server runs on 127.0.0.1
 on a free port, the engine waits for its health route, and stops it (and its children) at teardown
-(``pytest_llmperf.server``). Attach: ``base_url`` of a running server.
+(``pytest_llmperf.engines.server``). Attach: ``base_url`` of a running server.
 
 Load: requests stream (``stream: true``) from one asyncio event loop through aiohttp, at most ``concurrency``
 in flight, arrivals optionally a seeded Poisson process. Each request records its send time, the arrival time
@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from pytest_llmperf.core.workload import Request, RequestRecord
+from pytest_llmperf.engines.server import Redactor, ServerProcess, free_port
 from pytest_llmperf.errors import EngineError
-from pytest_llmperf.server import Redactor, ServerProcess, free_port
-from pytest_llmperf.workload import Request, RequestRecord
 
 _T = TypeVar("_T")
 
@@ -623,7 +623,7 @@ class OpenAIEngine:
         """The server's top-``top_k`` next-token log-probabilities at every prompt position (``echo`` with
         ``logprobs``), keyed by token text, from the last token of ``context`` on; the last one is the position
         after the prompt."""
-        from pytest_llmperf.fidelity import TopDistribution
+        from pytest_llmperf.core.distributions import TopDistribution
 
         body = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": top_k,
                 **self.sampling, "stream": False}

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.core.workload import Request, RequestRecord
 from pytest_llmperf.errors import EngineError
-from pytest_llmperf.workload import Request, RequestRecord
 
 #: Sampling fields the runner owns: every request generates exactly n_predict tokens.
 _RUNNER_OWNED = {"max_tokens", "min_tokens", "ignore_eos", "n", "detokenize"}

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from pytest_llmperf.core.workload import RequestRecord
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.workload import RequestRecord
 
 Direction = Literal["higher", "lower"]
 Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token", "x", "nats"]
@@ -66,8 +66,25 @@ def split_concurrency(name: str) -> tuple[str, int | None]:
     return (match["base"], int(match["concurrency"])) if match else (name, None)
 
 
+def split_prefix(name: str) -> tuple[str | None, str]:
+    """``"decode.completion_tok_s"`` (a named call's metric) -> ``("decode", "completion_tok_s")``; any other name,
+    accuracy's ``<task>.<metric>`` included, -> ``(None, name)``."""
+    head, dot, rest = name.partition(".")
+    if dot and head and "." not in split_concurrency(rest)[0]:
+        try:
+            metric_spec(rest)
+        except LlmperfError:
+            return None, name
+        return head, rest
+    return None, name
+
+
 def metric_spec(name: str) -> MetricSpec:
     """Direction and unit of the metric ``name``; raises for a name the plugin does not know."""
+    prefix, unprefixed = split_prefix(name)
+    if prefix is not None:
+        spec = metric_spec(unprefixed)
+        return MetricSpec(name, spec.direction, spec.unit)
     base, concurrency = split_concurrency(name)
     if concurrency is not None:
         if "." in base:
@@ -159,3 +176,12 @@ def compute_metrics(records: Sequence[RequestRecord]) -> dict[str, float | None]
     metrics.update(latency_stats("tpot", tpot))
     metrics.update(latency_stats("itl", itl))
     return metrics
+
+
+def format_value(value: float | None) -> str:
+    """Four significant digits; one decimal from 100 up; scientific for tiny and huge values."""
+    if value is None:
+        return "-"
+    if value != 0 and not 0.01 <= abs(value) < 1e6:
+        return f"{value:.3e}"
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}"

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pytest_llmperf.core.fingerprint import file_sha256
 from pytest_llmperf.errors import LlmperfError
 
 if TYPE_CHECKING:
@@ -304,19 +305,3 @@ def trained_model_path(name: str) -> Path:
         if not target.exists():
             _build_atomically(target, lambda tmp: quantize(shipped, tmp, match["variant"]))
     return target
-
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a model file, memoised by path, size and mtime (model files are large)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]

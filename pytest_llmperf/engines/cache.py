@@ -1,8 +1,9 @@
-"""Engines built once per session per config, and closed at the end."""
+"""Engines built once per session per config, and closed at the end; the ``engine_factory`` fixture's object."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -100,3 +101,20 @@ def release_freed_memory() -> None:
     except (OSError, AttributeError):  # not glibc
         return
     trim(0)
+
+
+class EngineFactory:
+    """``engine_factory(backend=None, **config)``: an engine, cached for the session by its config.
+
+    A cached engine whose server has died is launched anew, with a warning (``warning_class``).
+    """
+
+    def __init__(self, cache: EngineCache, warning_class: type[Warning] = UserWarning) -> None:
+        self._cache = cache
+        self._warning = warning_class
+
+    def __call__(self, backend: str | None = None, **config: Any) -> Engine:
+        engine = self._cache.get(backend, **config)
+        while self._cache.relaunched:
+            warnings.warn(self._warning(self._cache.relaunched.pop(0)), stacklevel=2)
+        return engine

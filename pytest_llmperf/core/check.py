@@ -12,8 +12,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf import fingerprint as fingerprints
-from pytest_llmperf.baseline import (
+from pytest_llmperf.core import fingerprint as fingerprints
+from pytest_llmperf.core.baseline import (
     Baseline,
     MetricRecord,
     baseline_path,
@@ -22,9 +22,9 @@ from pytest_llmperf.baseline import (
     record_baseline,
     updatable_document,
 )
-from pytest_llmperf.compare import MetricComparison, Verdict, compare
+from pytest_llmperf.core.tolerance import ToleranceTable
+from pytest_llmperf.core.verdict import MetricComparison, Verdict, compare
 from pytest_llmperf.errors import BaselineError
-from pytest_llmperf.tolerance import ToleranceTable
 
 
 class Status(str, Enum):
@@ -51,6 +51,12 @@ class CheckOutcome:
     notes: list[str] = field(default_factory=list)
     #: ``--update-baselines``: the entry to write once the test has passed (``write_pending``).
     pending: Baseline | None = None
+    #: Every metric the test measured, gated or not, with the samples behind them (for the reports).
+    measured: dict[str, float | None] = field(default_factory=dict)
+    all_samples: dict[str, list[float]] = field(default_factory=dict)
+    gated: list[str] = field(default_factory=list)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    workload: dict[str, Any] = field(default_factory=dict)
 
     @property
     def unjudged(self) -> list[MetricComparison]:
@@ -103,7 +109,12 @@ class Measurement:
 
 
 def check_measurement(
-    measurement: Measurement, baseline_dir: Path, tolerances: ToleranceTable, *, update: bool
+    measurement: Measurement,
+    baseline_dir: Path,
+    tolerances: ToleranceTable,
+    *,
+    update: bool,
+    per_metric: Mapping[str, ToleranceTable] | None = None,
 ) -> CheckOutcome:
     """Compare ``measurement`` with its baseline file, or (``update``) prepare the rewrite of that file.
 
@@ -135,8 +146,11 @@ def check_measurement(
     changes = fingerprints.diff(baseline.fingerprint, measurement.fingerprint) if baseline else []
     if baseline is not None:
         changes += [f"workload.{change}" for change in fingerprints.diff(baseline.workload, measurement.workload)]
-    comparisons = compare(measurement.metrics, baseline, tolerances, measurement.samples, measurement.stderr)
+    comparisons = compare(
+        measurement.metrics, baseline, tolerances, measurement.samples, measurement.stderr, per_metric
+    )
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))
+    outcome.fingerprint, outcome.workload = measurement.fingerprint, measurement.workload
 
     if update:
         invalid = [c.note for c in comparisons if c.verdict is Verdict.INVALID]
@@ -212,3 +226,31 @@ def write_pending(outcome: CheckOutcome, test_passed: bool) -> None:
     outcome.message = f"baseline written: {outcome.path}" + (
         f" (entry for {entry.hardware_class!r}; {kept} other hardware class(es) kept)" if kept else ""
     )
+
+
+@dataclass(frozen=True)
+class Consequence:
+    """What a test's outcome does to the test: fail it, skip it, or warn (or nothing)."""
+
+    fail: str | None = None
+    skip: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def consequence(outcome: CheckOutcome, strict: bool) -> Consequence:
+    """A regression fails; a missing or not-comparable baseline, or gated metrics that got no verdict, fail in
+    strict mode and otherwise skip (not comparable) or warn — never a silent pass; an improvement warns."""
+    if outcome.status is Status.REGRESSED:
+        return Consequence(fail=outcome.message)
+    if outcome.status in (Status.NEW, Status.NOT_COMPARABLE) and strict:
+        return Consequence(fail=f"[strict] {outcome.message}")
+    if outcome.status is Status.NOT_COMPARABLE:
+        return Consequence(skip=outcome.message)
+    warnings = []
+    if outcome.status is Status.PASSED and outcome.unjudged:
+        if strict:
+            return Consequence(fail=f"[strict] {outcome.describe_unjudged()}")
+        warnings.append(outcome.describe_unjudged())
+    if outcome.status is Status.NEW or (outcome.improvements and outcome.status is Status.PASSED):
+        warnings.append(outcome.message)
+    return Consequence(warnings=tuple(warnings))

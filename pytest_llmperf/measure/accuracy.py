@@ -25,7 +25,7 @@ from typing import Any
 
 from pytest_llmperf.errors import LlmperfError
 
-TASKS_DIR = Path(__file__).parent / "tasks"
+TASKS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tasks"
 SHIPPED_TASKS = ("llmperf_arc", "llmperf_hellaswag", "llmperf_gsm", "llmperf_addition", "llmperf_addition_mc")
 
 

@@ -7,14 +7,13 @@ stay out, so an unchanged setup gives an identical fingerprint and ``diff`` list
 
 from __future__ import annotations
 
-import functools
-import os
+import hashlib
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.model import file_sha256
+from pytest_llmperf.core.hardware import hardware
 
 #: Recorded in every fingerprint.
 BASE_DISTRIBUTIONS = ("pytest-llmperf",)
@@ -46,69 +45,26 @@ def distributions_of(backend: object, extra: tuple[str, ...] = ()) -> tuple[str,
     return (*BACKEND_DISTRIBUTIONS.get(str(backend), ()), *extra)
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_info() -> dict[str, Any]:
-    """The CPU part of pytest-benchmark's ``machine_info`` (py-cpuinfo), reduced to its stable fields.
-
-    pytest-benchmark's own call is reused so both plugins name a CPU the same way; clock speeds, cache sizes
-    and flags are left out (they drift or say nothing the model name does not). Cached: py-cpuinfo takes
-    about a second.
-    """
-    info: dict[str, Any] = {}
-    try:
-        from pytest_benchmark.plugin import get_cpu_info
-
-        info = get_cpu_info()  # type: ignore[no-untyped-call]
-    except Exception:  # py-cpuinfo fails on exotic platforms; /proc/cpuinfo is the fallback
-        info = {}
-    model = info.get("brand_raw") or _proc_cpuinfo_model() or platform.processor() or platform.machine()
-    cpu: dict[str, Any] = {
-        "cpu": str(model),
-        "cpu_count": int(info.get("count") or os.cpu_count() or 0),
-        "arch": str(info.get("arch") or platform.machine()),
-    }
-    # Cloud VMs often name every generation alike ("AMD EPYC"); family and model tell Zen 3 from Zen 4.
-    for key in ("family", "model"):
-        if isinstance(info.get(key), int):
-            cpu[f"cpu_{key}"] = info[key]
-    return cpu
-
-
-def _proc_cpuinfo_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def gpu_info() -> dict[str, Any] | None:
-    """The visible GPUs from NVML (names, count, memory, driver, CUDA), or None without NVML or GPU."""
-    from pytest_llmperf.gpu import probe_gpus
-
-    return probe_gpus()[1]
-
-
-def hardware() -> dict[str, Any]:
-    """The hardware class: what must match for numbers to be comparable (the GPUs when there are any)."""
-    cpu = cpu_info()
-    generation = f" family {cpu['cpu_family']} model {cpu['cpu_model']}" if "cpu_family" in cpu else ""
-    description = {"class": f"cpu:{cpu['cpu']}{generation}:{cpu['cpu_count']}", **cpu, "system": platform.system()}
-    cached = gpu_info()
-    if cached is not None:
-        gpu = dict(cached)  # the cached dict stays whole
-        description["class"] = gpu.pop("class")
-        description.update(gpu)
-    return description
-
-
 def environment(backend: str | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """The part of every fingerprint that describes this machine: the versions of the libraries that take part
     in a measurement on ``backend`` (and ``extra``, e.g. lm-eval for a scoring), and the hardware class."""
     return {"versions": library_versions(distributions_of(backend, extra)), "hardware": hardware()}
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a model file, memoised by path, size and mtime (model files are large)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def fingerprint(engine_description: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:

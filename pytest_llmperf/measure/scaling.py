@@ -12,9 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llmperf.compare import format_value
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.runner import PerfResult
+from pytest_llmperf.measure.runner import PerfResult
 
 COLUMNS = ("concurrency", "req_s", "completion_tok_s", "speedup", "efficiency", "ttft_p99", "e2e_p99")
 
@@ -104,30 +103,3 @@ def scaling_rows(metrics_by_level: Mapping[int, Mapping[str, float | None]]) -> 
             }
         )
     return rows
-
-
-HEADER = ("concurrency", "req/s", "tok/s", "speedup", "efficiency", "ttft p99 s", "e2e p99 s")
-
-
-def scaling_cells(result: ScalingResult) -> list[tuple[str, ...]]:
-    """The table's rows as text cells (columns as ``HEADER``)."""
-    return [
-        (
-            str(int(row["concurrency"] or 0)),
-            format_value(row["req_s"]),
-            format_value(row["completion_tok_s"]),
-            f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-",
-            f"{row['efficiency']:.0%}" if row["efficiency"] is not None else "-",
-            format_value(row["ttft_p99"]),
-            format_value(row["e2e_p99"]),
-        )
-        for row in result.rows
-    ]
-
-
-def render_scaling(result: ScalingResult) -> list[str]:
-    """The table as aligned text lines, the way the llama.cpp parallel-workers study tabulates it."""
-    from pytest_llmperf.report import align
-
-    lines = align([HEADER, *scaling_cells(result)], numeric=set(range(len(HEADER))))
-    return [f"{result.test}:", *("  " + line for line in lines)]

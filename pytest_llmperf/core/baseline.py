@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.core.locks import machine_lock
+from pytest_llmperf.core.metrics import invalid_value, metric_spec
 from pytest_llmperf.errors import BaselineError, LlmperfError
-from pytest_llmperf.locks import machine_lock
-from pytest_llmperf.metrics import invalid_value, metric_spec
 
 SCHEMA_VERSION = 1
 _SAFE_PART = re.compile(r"[^A-Za-z0-9._=+\[\]-]+")
@@ -410,3 +410,18 @@ def stale_baselines(expected: set[Path]) -> list[Path]:
         if directory.is_dir():
             stale.update(path for path in directory.glob("*.json") if path not in expected)
     return sorted(stale)
+
+
+def stale_in_whole_modules(baseline_dir: Path, tests: list[tuple[str, Path]], whole: list[Path]) -> list[Path]:
+    """Stale baselines of the modules among ``tests`` (node id, module path) that were collected whole: each
+    lies in or under a path of ``whole`` (what pytest was given without ``::``). A test selected by node id says
+    nothing about its module's other tests; a node id that cannot have a baseline makes nothing stale."""
+    try:
+        expected = {
+            baseline_path(baseline_dir, nodeid)
+            for nodeid, module in tests
+            if "::" in nodeid and any(root == module or root in module.parents for root in whole)
+        }
+    except LlmperfError:
+        return []
+    return stale_baselines(expected)

@@ -1,4 +1,4 @@
-"""Writes the offline lm-eval tasks shipped with pytest-llmperf (``python -m pytest_llmperf.tasks.generate``).
+"""Writes the offline lm-eval tasks shipped with pytest-llmperf (``python -m pytest_llmperf.assets.tasks.generate``).
 
 The questions are generated here, deterministically, from a fixed seed: no data is downloaded, and a test
 checks that the committed JSONL files are exactly what this script writes. Three formats, after the
@@ -91,7 +91,7 @@ GENERATORS = {"llmperf_arc": _arc, "llmperf_hellaswag": _hellaswag, "llmperf_gsm
 
 
 def _addition_documents(rng: random.Random) -> list[dict[str, Any]]:
-    from pytest_llmperf import addition
+    from pytest_llmperf.assets import addition
 
     documents = []
     for a, b in addition.heldout_pairs():

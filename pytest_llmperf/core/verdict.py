@@ -8,9 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from pytest_llmperf.baseline import Baseline, MetricRecord
-from pytest_llmperf.metrics import invalid_value, metric_spec
-from pytest_llmperf.tolerance import Tolerance, ToleranceTable
+from pytest_llmperf.core.baseline import Baseline, MetricRecord
+from pytest_llmperf.core.metrics import format_value, invalid_value, metric_spec
+
+__all__ = ["MetricComparison", "Verdict", "compare", "format_value", "judge"]
+from pytest_llmperf.core.tolerance import Tolerance, ToleranceTable
 
 
 class Verdict(str, Enum):
@@ -50,15 +52,6 @@ class MetricComparison:
             f"{self.metric}: {format_value(self.baseline)} -> {format_value(self.current)} "
             f"({change}tolerance {self.tolerance})"
         )
-
-
-def format_value(value: float | None) -> str:
-    """Four significant digits; one decimal from 100 up; scientific for tiny and huge values."""
-    if value is None:
-        return "-"
-    if value != 0 and not 0.01 <= abs(value) < 1e6:
-        return f"{value:.3e}"
-    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}"
 
 
 def _worse_by(name: str, baseline: float, current: float) -> float:
@@ -119,12 +112,22 @@ def compare(
     tolerances: ToleranceTable,
     current_samples: Mapping[str, Sequence[float]] | None = None,
     current_stderr: Mapping[str, float | None] | None = None,
+    per_metric: Mapping[str, ToleranceTable] | None = None,
 ) -> list[MetricComparison]:
-    """Compare every metric in ``current`` with ``baseline`` (None: all new)."""
+    """Compare every metric in ``current`` with ``baseline`` (None: all new); ``per_metric`` overrides the
+    tolerance table for some metrics (a call's own tolerances)."""
     stored = baseline.metrics if baseline is not None else {}
     samples = current_samples or {}
     stderr = current_stderr or {}
+    tables = per_metric or {}
     return [
-        judge(name, stored.get(name), value, tolerances.for_metric(name), samples.get(name, ()), stderr.get(name))
+        judge(
+            name,
+            stored.get(name),
+            value,
+            tables.get(name, tolerances).for_metric(name),
+            samples.get(name, ()),
+            stderr.get(name),
+        )
         for name, value in sorted(current.items())
     ]

@@ -1,4 +1,4 @@
-"""The watchdog between pytest and a launched server: ``python -m pytest_llmperf.watchdog FD -- COMMAND...``.
+"""The watchdog between pytest and a launched server: ``python -m pytest_llmperf.engines.watchdog FD -- COMMAND...``.
 
 A server command may be a wrapper (``sh -c ...``) or a launcher that forks workers, and a worker may leave the
 server's process group (``setsid``). Signals to the server, its group, or ``PR_SET_PDEATHSIG`` on it then miss
@@ -95,7 +95,7 @@ class Watchdog:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("usage: python -m pytest_llmperf.watchdog FD -- COMMAND...\n")
+        sys.stderr.write("usage: python -m pytest_llmperf.engines.watchdog FD -- COMMAND...\n")
         return 2
     report_fd, command = int(argv[0]), argv[2:]
     _prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -18,104 +18,19 @@ why — never a zero.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any
 
+from pytest_llmperf.core.hardware import GpuDevice, load_nvml, visible_devices
+
+__all__ = ["GpuDevice", "NvmlTracker", "load_nvml", "visible_devices"]
+
 _GIB = 1024**3
-
-
-def load_nvml() -> tuple[ModuleType | None, str]:
-    """``pynvml``, initialised, or None and the reason it cannot be used here."""
-    try:
-        import pynvml
-    except ImportError:
-        return None, "nvidia-ml-py is not installed (pip install 'pytest-llmperf[nvml]')"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as error:
-        return None, f"NVML is unavailable: {error}"
-    return pynvml, ""
-
-
-@dataclass(frozen=True)
-class GpuDevice:
-    """A visible GPU: its position as CUDA numbers it, NVML's handle, and what identifies it."""
-
-    position: int
-    handle: Any
-    uuid: str
-    name: str
-    memory_total_bytes: int
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def visible_devices(nvml: Any, environ: Mapping[str, str] | None = None) -> list[GpuDevice]:
-    """The devices CUDA would give this process, in CUDA's order."""
-    environ = os.environ if environ is None else environ
-    handles = [nvml.nvmlDeviceGetHandleByIndex(index) for index in range(nvml.nvmlDeviceGetCount())]
-    by_uuid = {_text(nvml.nvmlDeviceGetUUID(handle)): handle for handle in handles}
-    selection = environ.get("CUDA_VISIBLE_DEVICES")
-    if selection is None:
-        chosen = handles
-    else:
-        chosen = []
-        for entry in (part.strip() for part in selection.split(",")):
-            handle = None
-            if entry.isdigit():
-                handle = handles[int(entry)] if int(entry) < len(handles) else None
-            elif entry.startswith("GPU-"):
-                matches = [h for uuid, h in by_uuid.items() if uuid.startswith(entry)]
-                handle = matches[0] if len(matches) == 1 else None
-            if handle is None or handle in chosen:
-                break  # CUDA ignores everything from the first invalid entry on
-            chosen.append(handle)
-    return [
-        GpuDevice(
-            position=position,
-            handle=handle,
-            uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-            name=_text(nvml.nvmlDeviceGetName(handle)),
-            memory_total_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
-        )
-        for position, handle in enumerate(chosen)
-    ]
-
-
-def gpu_hardware(nvml: Any, devices: list[GpuDevice]) -> dict[str, Any]:
-    """The GPU part of a fingerprint: names, count, memory, driver and CUDA version; class from them."""
-    cuda = int(nvml.nvmlSystemGetCudaDriverVersion())
-    names = sorted({device.name for device in devices})
-    memory_gib = sorted({round(device.memory_total_bytes / _GIB) for device in devices})
-    return {
-        "class": f"gpu:{'+'.join(names)}x{len(devices)}:{'+'.join(str(m) for m in memory_gib)}GiB",
-        "gpus": [device.name for device in devices],
-        "gpu_count": len(devices),
-        "gpu_memory_gib": memory_gib,
-        "driver": _text(nvml.nvmlSystemGetDriverVersion()),
-        "cuda": f"{cuda // 1000}.{cuda % 1000 // 10}",
-    }
-
-
-def probe_gpus() -> tuple[list[GpuDevice], dict[str, Any] | None, str]:
-    """One NVML look at this process's GPUs: the visible devices (their handles are closed again), their
-    fingerprint description (None without devices), and why there are none when NVML is unusable."""
-    nvml, reason = load_nvml()
-    if nvml is None:
-        return [], None, reason
-    try:
-        devices = visible_devices(nvml)
-        return devices, gpu_hardware(nvml, devices) if devices else None, ""
-    finally:
-        nvml.nvmlShutdown()
 
 
 @dataclass
@@ -274,17 +189,3 @@ class NvmlTracker:
         result["gpu_energy_j"] = energy
         result["gpu_j_per_token"] = energy / generated_tokens if energy is not None and generated_tokens else None
         return result
-
-
-def worker_devices(
-    devices: list[GpuDevice], worker_index: int, worker_count: int, per_worker: int | None = None
-) -> list[GpuDevice]:
-    """The GPUs of pytest-xdist worker ``worker_index`` of ``worker_count``.
-
-    Contiguous blocks of ``per_worker`` devices (default: as many as divide evenly, at least one); worker i gets
-    block i, and a worker past the last whole block gets none (its gpu-marked tests skip with the reason).
-    """
-    if per_worker is None:
-        per_worker = max(1, len(devices) // max(worker_count, 1))
-    block = devices[worker_index * per_worker : (worker_index + 1) * per_worker]
-    return block if len(block) == per_worker else []

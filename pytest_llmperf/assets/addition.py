@@ -194,7 +194,7 @@ def write_gguf(
         if tuple(weights[tensor_name].shape) != shape:
             raise LlmperfError(f"{tensor_name} has shape {tuple(weights[tensor_name].shape)}, expected {shape}")
 
-    from pytest_llmperf.model import write_llama_metadata
+    from pytest_llmperf.assets.model import write_llama_metadata
 
     writer = gguf.GGUFWriter(str(path), "llama")
     file_type = gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32

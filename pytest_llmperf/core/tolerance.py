@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from pytest_llmperf.core.metrics import MetricSpec, all_metric_names, metric_spec, split_concurrency, split_prefix
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.metrics import MetricSpec, all_metric_names, metric_spec, split_concurrency
 
 # Wide enough for a shared 2-core machine (README, "Noise and tolerances", has the measured spread),
 # narrow enough that a 2x slowdown fails.
@@ -163,14 +163,23 @@ class ToleranceTable:
 
     def for_metric(self, name: str) -> Tolerance:
         spec = metric_spec(name)
-        # ``completion_tok_s@c4`` takes its own entry if there is one, else completion_tok_s's.
-        base = split_concurrency(name)[0]
-        names = (name, base) if base != name else (name,)
+        # ``completion_tok_s@c4`` takes its own entry if there is one, else completion_tok_s's. A named call's
+        # ``decode.completion_tok_s`` takes an exact entry of that name, else completion_tok_s's (patterns are
+        # matched against the unprefixed name: "*.*" is accuracy's, not every named metric's).
+        prefix, unprefixed = split_prefix(name)
+        base = split_concurrency(unprefixed)[0]
+        names = [(name, prefix is None)]
+        if prefix is not None:
+            names.append((unprefixed, True))
+        if base != unprefixed:
+            names.append((base, True))
         for source, table in self._layers:
-            for candidate in names:
+            for candidate, patterns in names:
                 # An exact name beats a pattern within one layer; among patterns the longest wins.
                 if candidate in table:
                     return parse_tolerance(table[candidate], spec, source)
+                if not patterns:
+                    continue
                 matches = [pattern for pattern in table if fnmatch.fnmatchcase(candidate, pattern)]
                 if matches:
                     pattern = max(matches, key=len)

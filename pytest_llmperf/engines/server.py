@@ -1,6 +1,6 @@
 """Server processes launched by the ``openai`` backend: start, wait until healthy, stop, never orphan.
 
-A server is started by a small watchdog process (``pytest_llmperf.watchdog``) in its own session (process
+A server is started by a small watchdog process (``pytest_llmperf.engines.watchdog``) in its own session (process
 group). Its stdout and stderr go to a log file, never to a pipe: an inference server logs a lot, and a full
 pipe blocks it. Orphans are prevented four ways:
 
@@ -143,10 +143,10 @@ class ServerProcess:
         report_read, report_write = os.pipe()
         try:
             with os.fdopen(handle, "wb") as log:
-                # The watchdog (pytest_llmperf.watchdog) starts the command and stops its whole tree when
+                # The watchdog (pytest_llmperf.engines.watchdog) starts the command and stops its whole tree when
                 # pytest stops it or goes away; our end of its stdin is the sign that pytest is alive.
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "pytest_llmperf.watchdog", str(report_write), "--", *self.command],
+                    [sys.executable, "-m", "pytest_llmperf.engines.watchdog", str(report_write), "--", *self.command],
                     stdin=subprocess.PIPE,
                     stdout=log,
                     stderr=subprocess.STDOUT,

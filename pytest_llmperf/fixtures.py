@@ -1,0 +1,84 @@
+"""The plugin's fixtures: each hands a test a pytest-free object (``engines/cache.py``, ``measure/checker.py``)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_llmperf.core.record import TestRecord
+    from pytest_llmperf.core.session import LlmperfSession  # noqa: F401  (in a StashKey[...] string)
+    from pytest_llmperf.engines.cache import EngineCache, EngineFactory
+    from pytest_llmperf.measure.checker import LmEvalScorer, PerfCheck
+    from pytest_llmperf.measure.gpu import NvmlTracker
+
+session_key = pytest.StashKey["LlmperfSession"]()
+record_key = pytest.StashKey["TestRecord"]()
+
+
+class PytestLlmperfWarning(UserWarning):
+    """A perf check that passed with something to act on (a new baseline, an improvement, a relaunch)."""
+
+
+def record_of(item: pytest.Item) -> TestRecord:
+    """The record of ``item``'s test (made on first use)."""
+    from pytest_llmperf.core.record import TestRecord
+    from pytest_llmperf.core.session import LlmperfSession  # noqa: F401  (in a StashKey[...] string)
+
+    if record_key not in item.stash:
+        item.stash[record_key] = TestRecord(item.nodeid)
+    return item.stash[record_key]
+
+
+def warn_at(item: pytest.Item, message: str) -> None:
+    """Warn with the test's own location (not this plugin's) as the place to look."""
+    filename, lineno, _ = item.location
+    warnings.warn_explicit(
+        PytestLlmperfWarning(message), PytestLlmperfWarning, str(item.config.rootpath / filename), (lineno or 0) + 1
+    )
+
+
+@pytest.fixture(scope="session")
+def _llmperf_engines(pytestconfig: pytest.Config) -> Iterator[EngineCache]:
+    from pytest_llmperf.engines.cache import EngineCache
+
+    session = pytestconfig.stash[session_key]
+    cache = EngineCache(session.backend, session.model)
+    yield cache
+    cache.close_all()
+
+
+@pytest.fixture
+def engine_factory(_llmperf_engines: EngineCache) -> EngineFactory:
+    """Build engines by backend and config, cached per session (docs/engines.md)."""
+    from pytest_llmperf.engines.cache import EngineFactory
+
+    return EngineFactory(_llmperf_engines, PytestLlmperfWarning)
+
+
+@pytest.fixture
+def llmperf(request: pytest.FixtureRequest, _llmperf_engines: EngineCache) -> PerfCheck:
+    """Measure on engines; every call adds to this test's record, judged against its baseline when it ends."""
+    from pytest_llmperf.measure.checker import PerfCheck
+
+    return PerfCheck(record_of(request.node), request.config.stash[session_key], _llmperf_engines)
+
+
+@pytest.fixture
+def lm_eval_scorer(llmperf: PerfCheck) -> LmEvalScorer:
+    """Score lm-eval tasks on an engine; the accuracy joins this test's record."""
+    from pytest_llmperf.measure.checker import LmEvalScorer
+
+    return LmEvalScorer(llmperf)
+
+
+@pytest.fixture
+def nvml_tracker() -> Callable[..., NvmlTracker]:
+    """``with nvml_tracker(interval_s=0.05, pids=None) as gpu: ...`` then ``gpu.metrics(generated_tokens)``;
+    without NVML or a visible GPU ``gpu.available`` is False, ``gpu.reason`` says why, every metric is None."""
+    from pytest_llmperf.measure.gpu import NvmlTracker
+
+    return NvmlTracker

@@ -1,0 +1,268 @@
+"""The measuring calls behind the ``llmperf`` and ``lm_eval_scorer`` fixtures, without pytest.
+
+Each call measures, and returns its result (for plain asserts) together with the ``Part`` it adds to the test's
+record (``core/record.py``): every metric it measured, the ones it gates, samples, stderr, fingerprint, workload,
+and how to measure again when a regression has to be confirmed. ``name`` prefixes the call's metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.core.baseline import baseline_path, hardware_class, load_baseline
+from pytest_llmperf.core.check import accept_command
+from pytest_llmperf.core.fingerprint import environment, fingerprint
+from pytest_llmperf.core.record import Part, Remeasured, prefixed
+from pytest_llmperf.core.workload import Workload
+from pytest_llmperf.engines import Engine
+from pytest_llmperf.errors import LlmperfError
+from pytest_llmperf.measure.accuracy import AccuracyResult
+from pytest_llmperf.measure.fidelity import FidelityResult
+from pytest_llmperf.measure.runner import PerfResult, run_workload
+from pytest_llmperf.measure.scaling import ScalingResult
+
+#: Set on a pytest-xdist worker pinned to GPUs (``core.hardware.worker_environment``): workers on different GPUs
+#: measure at the same time.
+WORKER_GPUS = "LLMPERF_WORKER_GPUS"
+
+
+def measurement_lock() -> contextlib.AbstractContextManager[object]:
+    """Under pytest-xdist, one measurement at a time on this machine.
+
+    Workers measuring at once share the cores (and memory bandwidth): each would see the other's load as a
+    slowdown. Other work (building engines, unmeasured tests) still runs in parallel.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return contextlib.nullcontext()
+    from pytest_llmperf.core.locks import machine_lock
+
+    return machine_lock(f"measure:{os.environ.get(WORKER_GPUS, 'machine')}")
+
+
+def _gated(name: str | None, gate: Sequence[str], check: bool) -> tuple[str, ...]:
+    return tuple(prefixed(name, dict.fromkeys(gate))) if check else ()
+
+
+def measure(
+    engine: Engine,
+    workload: Workload | None,
+    *,
+    gate: Sequence[str],
+    rss_base_bytes: int = 0,
+    tolerances: Mapping[str, object] | None = None,
+    track_gpu: bool = False,
+    check: bool = True,
+    name: str | None = None,
+) -> tuple[PerfResult, Part]:
+    """Run ``workload`` (default ``Workload()``) on ``engine``; with ``track_gpu`` sample the GPUs through NVML."""
+    from pytest_llmperf.measure.gpu import NvmlTracker
+
+    workload = workload or Workload()
+    results: list[PerfResult] = []
+
+    def run() -> Remeasured:
+        tracker = NvmlTracker() if track_gpu else contextlib.nullcontext()
+        with measurement_lock(), tracker:
+            results.append(run_workload(engine, workload, rss_base_bytes))
+        latest = results[-1]
+        if isinstance(tracker, NvmlTracker):
+            # The tracker saw the warmup requests too: their tokens count for energy per token.
+            requests = workload.requests * workload.repetitions + min(workload.warmup, workload.requests)
+            latest.metrics.update(tracker.metrics(workload.n_predict * requests))
+        return prefixed(name, latest.metrics), prefixed(name, latest.samples)
+
+    metrics, samples = run()
+    result = results[-1]
+    part = Part(
+        "measure", dict(metrics), _gated(name, gate, check), dict(samples), fingerprint=fingerprint(result.engine),
+        workload=workload.to_dict(), warnings=list(result.warnings), tolerances=tolerances, name=name, remeasure=run,
+    )
+    return result, part
+
+
+def scaling(
+    engine: Engine,
+    workload: Workload | None,
+    concurrencies: Sequence[int],
+    test: str,
+    *,
+    gate: Sequence[str],
+    rss_base_bytes: int = 0,
+    tolerances: Mapping[str, object] | None = None,
+    name: str | None = None,
+) -> tuple[list[ScalingResult], Part]:
+    """Run ``workload`` at each concurrency; gate ``<metric>@c<N>`` per level (``completion_tok_s@c4``).
+
+    Returns the results so far (a confirming re-measurement appends the newest) and the part."""
+    from pytest_llmperf.measure.scaling import check_concurrencies
+
+    workload = workload or Workload()
+    levels = check_concurrencies(concurrencies)
+    if workload.requests < levels[-1]:
+        raise LlmperfError(
+            f"scaling up to concurrency {levels[-1]} needs Workload.requests >= {levels[-1]}, got {workload.requests}"
+        )
+    latest: list[ScalingResult] = []
+    every = ("completion_tok_s", "req_s", "speedup", "efficiency", "ttft_p99", "e2e_p99", "tpot_p50")
+
+    def run() -> Remeasured:
+        results = {}
+        for level in levels:
+            with measurement_lock():
+                results[level] = run_workload(engine, replace(workload, concurrency=level), rss_base_bytes)
+        latest.append(ScalingResult(test, results))
+        names = list(dict.fromkeys((*every, *gate)))
+        return prefixed(name, latest[-1].metrics(names)), prefixed(name, latest[-1].samples(names))
+
+    metrics, samples = run()
+    gated = prefixed(name, latest[0].metrics(list(gate)))
+    warnings = sorted({warning for result in latest[0].results.values() for warning in result.warnings})
+    part = Part(
+        "scaling", dict(metrics), tuple(gated), dict(samples),
+        fingerprint=fingerprint(latest[0].results[levels[0]].engine),
+        workload={**workload.to_dict(), "concurrency": levels}, warnings=warnings, tolerances=tolerances, name=name,
+        remeasure=run,
+    )
+    return latest, part
+
+
+def fidelity(
+    engine: Engine,
+    prompts: Sequence[str | Sequence[str]] | None,
+    test: str,
+    baseline_dir: Path,
+    *,
+    update: bool,
+    top_k: int = 16,
+    reference: Mapping[str, Any] | None = None,
+    gate: Sequence[str] | None = None,
+    tolerances: Mapping[str, object] | None = None,
+    check: bool = True,
+    name: str | None = None,
+) -> tuple[FidelityResult, Part]:
+    """The engine's next-token distributions over ``prompts`` against a reference: the one stored in this test's
+    baseline (recorded by ``--update-baselines``), or ``reference`` (``reference_of(f16_engine, prompts)``)."""
+    from pytest_llmperf.measure.fidelity import (
+        DEFAULT_PROMPTS,
+        FIDELITY_METRICS,
+        check_reference,
+        compare_to_reference,
+        distributions_of,
+        make_reference,
+        normalise_prompts,
+    )
+
+    texts = normalise_prompts(prompts if prompts is not None else DEFAULT_PROMPTS)
+    if not isinstance(top_k, int) or top_k < 1:
+        raise LlmperfError(f"fidelity top_k must be a positive integer, got {top_k!r}")
+    unknown = sorted(set(gate or ()) - set(FIDELITY_METRICS))
+    if unknown:
+        raise LlmperfError(f"fidelity gate names {unknown}; fidelity metrics are {', '.join(FIDELITY_METRICS)}")
+    distributions, key_kind = distributions_of(engine, texts, top_k)
+    engine_fingerprint = fingerprint(engine.describe())
+    path = baseline_path(baseline_dir, test)
+    stored_reference = reference is None
+    if reference is not None:
+        reference = check_reference(dict(reference), "fidelity(reference=...)")
+        if reference["prompts"] != texts:
+            raise LlmperfError("fidelity(reference=...) was taken on other prompts than this check's")
+        engine_fingerprint["fidelity_reference"] = reference.get("source")
+    else:
+        stored = None if update else load_baseline(path)
+        entry = stored.for_hardware(hardware_class(engine_fingerprint)) if stored is not None else None
+        kept = entry.reference if entry is not None else None
+        if name is not None and isinstance(kept, dict):
+            kept = kept.get("by_name", {}).get(name)
+        if kept is not None:
+            reference = check_reference(kept, str(path))
+            if reference["prompts"] != texts:
+                raise LlmperfError(
+                    f"{path}: the fidelity reference was recorded on other prompts; record it again with: "
+                    f"{accept_command(test)}"
+                )
+        elif entry is not None:
+            # Comparing the engine with itself would pass whatever it does: say what is missing instead.
+            raise LlmperfError(
+                f"{path} has no fidelity reference (recorded before fidelity was checked here?); record it "
+                f"with: {accept_command(test)}"
+            )
+        else:
+            reference = make_reference(texts, distributions, top_k, key_kind)
+    result = compare_to_reference(reference, distributions, key_kind)
+    result.reference = reference
+    warnings = []
+    if result.truncated:
+        warnings.append(
+            f"{result.truncated} of {result.positions} positions had a reference token outside the engine's "
+            f"top-{top_k}: KL is a lower bound there"
+        )
+    metrics = prefixed(name, result.metrics)
+    part = Part(
+        "fidelity", metrics, _gated(name, gate or FIDELITY_METRICS, check), fingerprint=engine_fingerprint,
+        workload={"fidelity_prompts": len(texts), "top_k": top_k}, warnings=warnings, tolerances=tolerances,
+        reference=reference if stored_reference and check else None, name=name,
+    )
+    return result, part
+
+
+def accuracy(
+    engine: Engine,
+    tasks: Sequence[str],
+    *,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int | str | None = None,
+    seed: int = 1234,
+    tolerances: Mapping[str, object] | None = None,
+    check: bool = True,
+    name: str | None = None,
+    **evaluate_kwargs: Any,
+) -> tuple[AccuracyResult, Part]:
+    """Score lm-eval ``tasks`` on ``engine`` through lm-eval's own evaluator."""
+    from pytest_llmperf.measure.accuracy import evaluate
+
+    make_model = getattr(engine, "lm_eval_model", None)
+    if make_model is None:
+        raise LlmperfError(f"the {engine.backend!r} engine cannot be scored by lm-eval (no lm-eval model)")
+    scores = evaluate(
+        make_model(), tasks, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, seed=seed,
+        **evaluate_kwargs,
+    )
+    metrics = prefixed(name, scores.metrics)
+    part = Part(
+        "lm_eval_scorer", metrics, tuple(metrics) if check else (), stderr=prefixed(name, scores.stderr),
+        fingerprint={**fingerprint(engine.describe(), ("lm-eval",)), **scores.fingerprint},
+        workload={"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "documents": scores.documents},
+        tolerances=tolerances, name=name,
+    )
+    return scores, part
+
+
+def given(
+    metrics: Mapping[str, float | None],
+    *,
+    samples: Mapping[str, list[float]] | None = None,
+    fingerprint_fields: dict[str, Any] | None = None,
+    workload: dict[str, Any] | None = None,
+    tolerances: Mapping[str, object] | None = None,
+    warnings: Sequence[str] = (),
+    stderr: Mapping[str, float | None] | None = None,
+    reference: Any = None,
+    engine: Engine | None = None,
+    name: str | None = None,
+) -> Part:
+    """Numbers the test measured itself (``llmperf.check``), all gated; fingerprinted with ``engine``'s
+    description when given, else this machine's versions and hardware, updated with ``fingerprint_fields``."""
+    fields = fingerprint_fields or {}
+    described = fingerprint(engine.describe()) if engine is not None else environment(fields.get("backend"))
+    values = prefixed(name, metrics)
+    return Part(
+        "check", values, tuple(values), prefixed(name, samples or {}), prefixed(name, stderr or {}),
+        fingerprint={**described, **fields}, workload=dict(workload or {}), warnings=list(warnings),
+        tolerances=tolerances, reference=reference, name=name,
+    )

@@ -1,0 +1,123 @@
+"""The user API of the ``llmperf`` and ``lm_eval_scorer`` fixtures, without pytest.
+
+Each measuring call runs its measurement (``measure/calls.py``), adds its part to the test's record
+(``core/record.py``) and returns its result at once for plain asserts; the plugin judges the record when the test
+ends. An ``LlmperfError`` a call raises names what is wrong; the plugin shows it as the test's failure message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pytest_llmperf.measure import calls
+
+if TYPE_CHECKING:
+    from pytest_llmperf.core.record import Part, TestRecord
+    from pytest_llmperf.core.session import LlmperfSession
+    from pytest_llmperf.core.workload import Workload
+    from pytest_llmperf.engines import Engine
+    from pytest_llmperf.engines.cache import EngineCache
+    from pytest_llmperf.measure.accuracy import AccuracyResult
+    from pytest_llmperf.measure.fidelity import FidelityResult
+    from pytest_llmperf.measure.runner import PerfResult
+    from pytest_llmperf.measure.scaling import ScalingResult
+
+
+class PerfCheck:
+    """The ``llmperf`` fixture: measuring calls that add to this test's record, judged when the test ends.
+
+    Every call returns its result at once; ``check=False`` measures without gating; ``name=`` prefixes the
+    call's metrics (``decode.completion_tok_s``), needed when two calls would measure the same metric.
+    """
+
+    def __init__(self, record: TestRecord, session: LlmperfSession, engines: EngineCache) -> None:
+        self._record = record
+        self._session = session
+        self._engines = engines
+
+    def _add(self, part: Part) -> None:
+        self._record.add(part)
+
+    def measure(
+        self, engine: Engine, workload: Workload | None = None, *, gate: Sequence[str] | None = None,
+        tolerances: Mapping[str, object] | None = None, track_gpu: bool = False, check: bool = True,
+        name: str | None = None,
+    ) -> PerfResult:
+        """Run ``workload`` (default ``Workload()``) on ``engine``; gate ``gate`` (ini ``llmperf_gate``, plus
+        ``mem_max_gib``/``mem_mean_gib`` with ``track_gpu``, which samples the GPUs through NVML)."""
+        gpu_gate = ("mem_max_gib", "mem_mean_gib") if track_gpu else ()
+        result, part = calls.measure(
+            engine, workload, gate=gate or (*self._session.gate, *gpu_gate),
+            rss_base_bytes=self._engines.rss_base_bytes(engine) or 0, tolerances=tolerances,
+            track_gpu=track_gpu, check=check, name=name,
+        )
+        self._add(part)
+        return result
+
+    def fidelity(
+        self, engine: Engine, prompts: Sequence[str | Sequence[str]] | None = None, *, top_k: int = 16,
+        reference: Mapping[str, Any] | None = None, gate: Sequence[str] | None = None,
+        tolerances: Mapping[str, object] | None = None, check: bool = True, name: str | None = None,
+    ) -> FidelityResult:
+        """Next-token distributions over ``prompts`` against the reference stored in this test's baseline (or
+        ``reference``): ``kl_mean``, ``kl_max``, ``top1_agree``, ``ref_logprob_mean`` (docs/accuracy.md)."""
+        result, part = calls.fidelity(
+            engine, prompts, self._record.test, self._session.baseline_dir, update=self._session.update,
+            top_k=top_k, reference=reference, gate=gate, tolerances=tolerances, check=check, name=name,
+        )
+        self._add(part)
+        return result
+
+    def scaling(
+        self, engine: Engine, workload: Workload | None = None, concurrencies: Sequence[int] = (1, 2, 4, 8), *,
+        gate: Sequence[str] = ("completion_tok_s", "efficiency"), tolerances: Mapping[str, object] | None = None,
+        name: str | None = None,
+    ) -> ScalingResult:
+        """``workload`` at each concurrency: throughput, speedup and efficiency, gated per level
+        (``completion_tok_s@c4``, ``efficiency@c8``) and tabulated at the end of the session."""
+        results, part = calls.scaling(
+            engine, workload, concurrencies, self._record.test, gate=gate,
+            rss_base_bytes=self._engines.rss_base_bytes(engine) or 0, tolerances=tolerances, name=name,
+        )
+        self._add(part)
+        self._record.scaling.append(results)
+        return results[-1]
+
+    def check(
+        self, metrics: Mapping[str, float | None], *, samples: Mapping[str, list[float]] | None = None,
+        fingerprint: dict[str, Any] | None = None, workload: dict[str, Any] | None = None,
+        tolerances: Mapping[str, object] | None = None, warnings: Sequence[str] = (),
+        stderr: Mapping[str, float | None] | None = None, reference: Any = None, engine: Engine | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Gate numbers the test measured itself, with the rest of this test's record. The fingerprint holds
+        ``engine``'s description when given (else this machine's versions and hardware), updated with
+        ``fingerprint``."""
+        part = calls.given(
+            metrics, samples=samples, fingerprint_fields=fingerprint, workload=workload, tolerances=tolerances,
+            warnings=warnings, stderr=stderr, reference=reference, engine=engine, name=name,
+        )
+        self._add(part)
+
+
+class LmEvalScorer:
+    """The ``lm_eval_scorer`` fixture: lm-eval tasks on an engine, added to the test's record."""
+
+    def __init__(self, check: PerfCheck) -> None:
+        self._check = check
+
+    def __call__(
+        self, engine: Engine, tasks: Sequence[str], *, limit: int | float | None = None,
+        num_fewshot: int | None = None, batch_size: int | str | None = None, seed: int = 1234,
+        tolerances: Mapping[str, object] | None = None, check: bool = True, name: str | None = None,
+        **evaluate_kwargs: Any,
+    ) -> AccuracyResult:
+        """Score ``tasks`` (shipped task names, lm-eval task names or YAML paths) on ``engine``; every
+        ``<task>.<metric>`` is gated with its stderr (``check=False``: scored only)."""
+        scores, part = calls.accuracy(
+            engine, tasks, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, seed=seed,
+            tolerances=tolerances, check=check, name=name, **evaluate_kwargs,
+        )
+        self._check._add(part)
+        return scores

@@ -1,0 +1,146 @@
+"""The JSON report (``--llmperf-report``), the form outcomes travel in from xdist workers, and reading it back."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.core.check import CheckOutcome, Status
+from pytest_llmperf.core.session import LlmperfSession
+from pytest_llmperf.core.tolerance import Tolerance
+from pytest_llmperf.core.verdict import MetricComparison, Verdict
+from pytest_llmperf.measure.scaling import ScalingResult
+
+REPORT_SCHEMA = 1
+
+
+def outcome_to_json(outcome: CheckOutcome) -> dict[str, Any]:
+    """Every metric the test measured: the gated ones with their verdicts, the others marked ``"gated": false``
+    (never failing), each with its samples; the fingerprint and the workload behind them."""
+    gated = {c.metric for c in outcome.comparisons}
+    metrics = [
+        {
+            "metric": c.metric,
+            "gated": True,
+            "baseline": c.baseline,
+            "current": _finite_or_none(c.current),
+            "delta_pct": _finite_or_none(c.delta_pct),
+            "tolerance": {"kind": c.tolerance.kind, "amount": c.tolerance.amount, "text": c.tolerance.text},
+            "verdict": c.verdict.value,
+            "note": c.note,
+            "samples": outcome.all_samples.get(c.metric, []),
+        }
+        for c in outcome.comparisons
+    ]
+    metrics += [
+        {"metric": name, "gated": False, "current": _finite_or_none(value), "verdict": "not gated",
+         "samples": outcome.all_samples.get(name, [])}
+        for name, value in sorted(outcome.measured.items())
+        if name not in gated
+    ]
+    return {
+        "test": outcome.test,
+        "baseline_path": str(outcome.path),
+        "status": outcome.status.value,
+        "message": outcome.message,
+        "changes": outcome.changes,
+        "warnings": outcome.warnings,
+        "notes": outcome.notes,
+        "metrics": metrics,
+        "fingerprint": outcome.fingerprint,
+        "workload": outcome.workload,
+    }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN: a non-finite value (verdict "invalid", its note says what it was) is null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def outcome_from_json(data: dict[str, Any]) -> CheckOutcome:
+    gated = [entry for entry in data["metrics"] if entry.get("gated", True)]
+    comparisons = [
+        MetricComparison(
+            entry["metric"],
+            entry["baseline"],
+            entry["current"],
+            Tolerance(entry["tolerance"]["kind"], entry["tolerance"]["amount"], entry["tolerance"]["text"]),
+            Verdict(entry["verdict"]),
+            entry.get("note", ""),
+        )
+        for entry in gated
+    ]
+    outcome = CheckOutcome(
+        data["test"],
+        Path(data["baseline_path"]),
+        Status(data["status"]),
+        comparisons,
+        list(data["changes"]),
+        list(data["warnings"]),
+        data["message"],
+        list(data.get("notes", [])),
+    )
+    outcome.measured = {entry["metric"]: entry["current"] for entry in data["metrics"]}
+    outcome.all_samples = {entry["metric"]: list(entry.get("samples", [])) for entry in data["metrics"]}
+    outcome.gated = [entry["metric"] for entry in gated]
+    outcome.fingerprint, outcome.workload = dict(data.get("fingerprint", {})), dict(data.get("workload", {}))
+    return outcome
+
+
+def render_json(
+    outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = (), root: Path | None = None
+) -> str:
+    """The report document; baseline paths relative to ``root`` (the rootdir), so it holds no machine's paths."""
+    tests = []
+    for outcome in sorted(outcomes, key=lambda o: o.test):
+        entry = outcome_to_json(outcome)
+        if root is not None:
+            prefix = f"{root}{os.sep}"
+            for key in ("baseline_path", "message"):
+                entry[key] = entry[key].replace(prefix, "")
+            entry["notes"] = [note.replace(prefix, "") for note in entry["notes"]]
+        tests.append(entry)
+    document: dict[str, Any] = {"schema": REPORT_SCHEMA, "tests": tests}
+    if scaling:
+        document["scaling"] = [result.to_json() for result in sorted(scaling, key=lambda r: r.test)]
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def load_report_values(path: Path) -> dict[tuple[str, str], float]:
+    """``(test, metric) -> current value`` of a JSON report; raises LlmperfError naming a bad file."""
+    from pytest_llmperf.errors import LlmperfError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("schema") != REPORT_SCHEMA:
+            raise LlmperfError(f"{path}: report schema {data.get('schema')!r} is not {REPORT_SCHEMA}")
+        return {
+            (test["test"], metric["metric"]): float(metric["current"])
+            for test in data["tests"]
+            for metric in test["metrics"]
+            if metric["current"] is not None
+        }
+    except OSError as error:
+        raise LlmperfError(f"cannot read report {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise LlmperfError(f"{path}: not a pytest-llmperf JSON report ({error})") from None
+
+
+def worker_output(session: LlmperfSession) -> dict[str, Any]:
+    """What a pytest-xdist worker sends the controller (``config.workeroutput``): plain JSON."""
+    return {
+        "llmperf_outcomes": [outcome_to_json(outcome) for outcome in session.outcomes],
+        "llmperf_stale": [str(path) for path in session.stale],
+        "llmperf_scaling": [result.to_json() for result in session.scaling],
+    }
+
+
+def merge_worker_output(session: LlmperfSession, output: Mapping[str, Any]) -> None:
+    """Fold a finished worker's ``worker_output`` into the controller's session."""
+    session.outcomes.extend(outcome_from_json(entry) for entry in output.get("llmperf_outcomes", []))
+    session.stale.update(Path(path) for path in output.get("llmperf_stale", []))
+    session.scaling.extend(ScalingResult.from_json(entry) for entry in output.get("llmperf_scaling", []))

@@ -1,0 +1,59 @@
+"""The Markdown report: ready to paste into a pull request or a GitHub job summary.
+
+It opens with a headline ("2 regressed, 1 not comparable, 11 ok") and the failure messages, then the table of
+gated metrics, the notes, the trade-off and scaling tables, and per test every measured metric (folded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pytest_llmperf.core.check import CheckOutcome, Status
+from pytest_llmperf.core.metrics import format_value
+from pytest_llmperf.core.verdict import Verdict
+from pytest_llmperf.measure.scaling import ScalingResult
+from pytest_llmperf.reports.scaling import HEADER as SCALING_HEADER
+from pytest_llmperf.reports.scaling import scaling_cells
+from pytest_llmperf.reports.table import HEADER, headline, render_notes, table_rows, tradeoff_rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+
+
+def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = ()) -> str:
+    ordered = sorted(outcomes, key=lambda o: o.test)
+    lines = ["## pytest-llmperf", ""]
+    if not ordered:
+        lines.append("No perf metric was checked.")
+    else:
+        lines += [f"**{headline(ordered)}**", ""]
+    failing = [o for o in ordered if o.status in (Status.REGRESSED, Status.NOT_WRITTEN) or o.unjudged]
+    for outcome in failing:
+        message = outcome.message if outcome.status is not Status.PASSED else outcome.describe_unjudged()
+        lines += ["```", message, "```", ""]
+    rows = [list(row) for row in table_rows(ordered)]
+    for row in rows:
+        if row[-1] == Verdict.REGRESSED.value:
+            row[-1] = "**regressed**"
+    if rows:
+        lines += _table(HEADER, rows)
+    notes = render_notes(ordered)
+    if notes:
+        lines += ["", *[f"- {note}" for note in notes]]
+    tradeoff = tradeoff_rows(ordered)
+    if tradeoff:
+        lines += ["", "### Trade-off (current values)", "", *_table(tradeoff[0], tradeoff[1:])]
+    for result in sorted(scaling, key=lambda r: r.test):
+        lines += ["", f"### Scaling: {result.test}", "", *_table(SCALING_HEADER, scaling_cells(result))]
+    measured = [o for o in ordered if o.measured]
+    if measured:
+        lines += ["", "### Every measured metric", ""]
+    for outcome in measured:
+        gated = set(outcome.gated)
+        cells = [(name, format_value(value), "gated" if name in gated else "not gated")
+                 for name, value in sorted(outcome.measured.items())]
+        lines += [f"<details><summary>{outcome.test}</summary>", "", *_table(("metric", "value", ""), cells), "",
+                  "</details>", ""]
+    return "\n".join(lines).rstrip() + "\n"

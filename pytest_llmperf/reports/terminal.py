@@ -1,0 +1,36 @@
+"""The end-of-session summary as text lines: the table, the notes, the trade-off and scaling tables, stale files."""
+
+from __future__ import annotations
+
+from pytest_llmperf.core.session import LlmperfSession
+from pytest_llmperf.reports.scaling import render_scaling
+from pytest_llmperf.reports.table import align, headline, render_notes, render_table, tradeoff_rows
+
+
+def summary_lines(session: LlmperfSession) -> list[str]:
+    """Every line of the ``llmperf`` section of the terminal summary (none when the run checked nothing)."""
+    if not (session.outcomes or session.stale or session.scaling or session.errors):
+        return []
+    lines = [f"ERROR {problem}" for problem in session.errors]
+    if session.outcomes:
+        lines.append(headline(session.outcomes))
+    lines += render_table(sorted(session.outcomes, key=lambda outcome: outcome.test))
+    notes = render_notes(session.outcomes)
+    if notes:
+        lines += ["", *notes]
+    tradeoff = tradeoff_rows(session.outcomes)
+    if tradeoff:
+        lines += ["", "trade-off (current values; accuracy and fidelity beside speed and memory):"]
+        lines += ["  " + line for line in align(tradeoff, numeric=set(range(1, len(tradeoff[0]))))]
+    if session.scaling:
+        lines += ["", "scaling (speedup: tok/s over the lowest concurrency's; efficiency: speedup / N):"]
+        for result in sorted(session.scaling, key=lambda r: r.test):
+            lines += render_scaling(result)
+    if session.stale:
+        lines += ["", f"stale baseline files (no collected test owns them): {len(session.stale)}"]
+        lines += [f"  {path}" for path in sorted(session.stale)]
+        if session.prune_stale:
+            lines.append("deleted (--llmperf-prune-stale)")
+        else:
+            lines.append("delete them with --llmperf-prune-stale once their tests are really gone")
+    return lines
