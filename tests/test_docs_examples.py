@@ -1,0 +1,45 @@
+"""Every Python example in README.md and docs/ runs: a whole perf test is run through pytest (recorded, then
+checked against what it recorded); any other example at least compiles. An example that needs hardware this
+machine lacks is skipped by its own gpu marker."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _examples() -> list[tuple[str, str]]:
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for match in re.finditer(r"```python\n(.*?)```", text, re.S):
+            line = text[: match.start()].count("\n") + 1
+            found.append((f"{page.relative_to(ROOT)}:{line}", match.group(1)))
+    return found
+
+
+EXAMPLES = _examples()
+
+
+def test_examples_are_found() -> None:
+    assert len(EXAMPLES) >= 6
+
+
+@pytest.mark.parametrize(("where", "code"), EXAMPLES, ids=[where for where, _ in EXAMPLES])
+def test_example_runs(pytester: pytest.Pytester, where: str, code: str) -> None:
+    compile(code, where, "exec")
+    if "def test_" not in code:
+        return  # a fragment (a conftest hook, engine configurations): compiling is what can be checked here
+    pytester.makepyfile(test_example=code)
+    args = ("-p", "no:cacheprovider", "-m", "perf", "-W", "ignore::pytest.PytestAssertRewriteWarning")
+    recorded = pytester.runpytest(*args, "--update-baselines")
+    outcomes = recorded.parseoutcomes()
+    assert not outcomes.get("failed") and not outcomes.get("errors"), recorded.stdout.str()[-3000:]
+    if outcomes.get("passed"):
+        checked = pytester.runpytest(*args, "--llmperf-tolerance", "*=90%", "--llmperf-tolerance", "*.*=1")
+        assert not checked.parseoutcomes().get("failed"), checked.stdout.str()[-3000:]
