@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.subprocess_pytest import start_pytest, wait_for_file
 from tests.test_openai import gone
 
 INTERRUPTED_TEST = """
@@ -31,18 +29,9 @@ def test_serve(engine_factory):
 def test_interrupted_run_leaves_no_server_process(tmp_path: Path, signum: signal.Signals) -> None:
     (tmp_path / "test_serve.py").write_text(INTERRUPTED_TEST)
     pid_file = tmp_path / "server.pid"
-    env = {**__import__("os").environ, "PID_FILE": str(pid_file)}
-    env.pop("CI", None)
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_serve.py"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    runner = start_pytest(tmp_path, "test_serve.py", PID_FILE=str(pid_file))
     try:
-        deadline = time.monotonic() + 120
-        while not pid_file.exists():
-            assert runner.poll() is None, "pytest ended before the server started"
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_for_file(pid_file, runner)
         server_pid = int(pid_file.read_text())
         assert psutil.pid_exists(server_pid)
         runner.send_signal(signum)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -19,6 +18,7 @@ from pytest_llmperf.core.workload import Request
 from pytest_llmperf.engines.openai import OpenAIEngine
 from pytest_llmperf.engines.server import free_port
 from pytest_llmperf.errors import EngineError
+from tests.subprocess_pytest import start_pytest, wait_for_file
 from tests.test_openai import SCRIPTED, scripted
 
 PASSWORD = "pw-llmperf-93c1-do-not-leak"
@@ -134,18 +134,9 @@ def test_a_forking_wrapped_server_dies_with_pytest(tmp_path: Path, signum: signa
     token = f"llmperf-wrapped-{uuid.uuid4().hex[:8]}"
     (tmp_path / "test_wrapped.py").write_text(WRAPPED_TEST.replace("SCRIPTED", SCRIPTED).replace("TOKEN", token))
     ready = tmp_path / "ready"
-    env = {**os.environ, "READY": str(ready)}
-    env.pop("CI", None)
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_wrapped.py"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    runner = start_pytest(tmp_path, "test_wrapped.py", READY=str(ready))
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert runner.poll() is None, "pytest ended before the server started"
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_for_file(ready, runner, timeout_s=60)
         servers = [p for p in _processes_with(token) if "scripted_server.py" in " ".join(p.cmdline())]
         assert servers, "the wrapped server is not running"
         assert os.getsid(servers[0].pid) != os.getsid(runner.pid)  # it really left pytest's session

@@ -266,22 +266,30 @@ def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
                     reference=data.get("reference"))
 
 
-def load_baseline(path: Path) -> BaselineFile | None:
-    """The baseline at ``path``, None when there is no file; a BaselineError when it is unreadable."""
+_MISSING = object()
+
+
+def _read_json(path: Path, advice: str) -> Any:
+    """The decoded JSON at ``path``, ``_MISSING`` when there is no file; a BaselineError naming the file (and
+    ending with ``advice``) when it cannot be read or decoded."""
     try:
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
-        return None
+        return _MISSING  # (a directory that cannot be created fails the write, naming it)
     except (OSError, UnicodeDecodeError) as error:
-        raise BaselineError(f"{path}: cannot read baseline ({error})") from None
+        raise BaselineError(f"{path}: cannot read the baseline ({error})") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise BaselineError(
-            f"{path}: malformed JSON at line {error.lineno} column {error.colno} ({error.msg}); "
-            "fix it, or delete it and run `pytest -m perf --update-baselines`"
+            f"{path}: malformed JSON at line {error.lineno} column {error.colno} ({error.msg}); {advice}"
         ) from None
-    return parse_baseline(data, path)
+
+
+def load_baseline(path: Path) -> BaselineFile | None:
+    """The baseline at ``path``, None when there is no file; a BaselineError when it is unreadable."""
+    data = _read_json(path, "fix it, or delete it and run `pytest -m perf --update-baselines`")
+    return None if data is _MISSING else parse_baseline(data, path)
 
 
 def dumps(baseline: BaselineFile) -> str:
@@ -325,20 +333,13 @@ def record_baseline(path: Path, entry: Baseline) -> BaselineFile:
 def updatable_document(path: Path, test: str) -> dict[str, Any] | None:
     """The decoded file at ``path`` if ``record_baseline`` can update it without losing anything (None: no
     file); a BaselineError naming the file and what would be lost otherwise."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
-        return None  # nothing to keep (a directory that cannot be created fails the write, naming it)
-    except (OSError, UnicodeDecodeError) as error:
-        raise BaselineError(f"{path}: cannot read the baseline ({error}); it was not overwritten") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BaselineError(
-            f"{path}: malformed JSON at line {error.lineno} column {error.colno} ({error.msg}); "
-            "--update-baselines rewrites only this machine's entry and would lose the rest of the file: "
-            "fix it (a merge conflict?), or delete it if nothing in it is worth keeping, and run again"
-        ) from None
+    data = _read_json(
+        path,
+        "--update-baselines rewrites only this machine's entry and would lose the rest of the file: fix it (a "
+        "merge conflict?), or delete it if nothing in it is worth keeping, and run again",
+    )
+    if data is _MISSING:
+        return None
     if not isinstance(data, dict):
         raise BaselineError(f"{path}: not a baseline (a JSON object is required); it was not overwritten")
     if data.get("schema") != SCHEMA_VERSION:
