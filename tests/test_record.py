@@ -190,3 +190,22 @@ def test_named_metrics_take_the_unnamed_metrics_direction_and_tolerance(tmp_path
     table = ToleranceTable([("ini", {"decode.completion_tok_s": "5%"}), ("default", DEFAULT_TOLERANCES)])
     assert str(table.for_metric("decode.completion_tok_s")) == "5%"
     assert str(table.for_metric("other.completion_tok_s")) == "30%"  # *_tok_s, not accuracy's *.*
+
+
+def test_two_named_fidelity_calls_keep_their_own_references(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_refs="""
+        import pytest
+
+        @pytest.mark.perf
+        def test_refs(engine_factory, llmperf):
+            engine = engine_factory("llama_cpp", model="q4_k_m", n_threads=1, n_ctx=256)
+            llmperf.fidelity(engine, ["The quick brown fox"], name="short")
+            llmperf.fidelity(engine, ["A longer sentence about the lazy dog and the fox"], name="long")
+        """
+    )
+    run(pytester, "--update-baselines").assert_outcomes(passed=1)
+    stored = json.loads((pytester.path / "baselines/test_refs/test_refs.json").read_text())
+    assert set(stored["reference"]["by_name"]) == {"short", "long"}
+    assert {"short.kl_mean", "long.kl_mean", "short.top1_agree"} <= set(stored["metrics"])
+    run(pytester, "--llmperf-strict").assert_outcomes(passed=1)  # each call found its own reference
