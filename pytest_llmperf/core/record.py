@@ -193,15 +193,17 @@ def judge(
         if outcome.status is not Status.REGRESSED:
             break
         regressed = {comparison.metric for comparison in outcome.regressions}
-        again = [part for part in record.parts if part.remeasure is not None and regressed & set(part.gated)]
+        again = [
+            (index, part.remeasure)
+            for index, part in enumerate(record.parts)
+            if part.remeasure is not None and regressed & set(part.gated)
+        ]
         if not again:
             break
         first = ", ".join(f"{c.metric} {c.delta_pct:+.1f}%" for c in outcome.regressions if c.delta_pct is not None)
-        for part in again:
-            assert part.remeasure is not None
-            metrics, samples = part.remeasure()
-            index = record.parts.index(part)
-            record.parts[index] = replace(part, metrics=dict(metrics), samples=dict(samples))
+        for index, remeasure in again:
+            metrics, samples = remeasure()
+            record.parts[index] = replace(record.parts[index], metrics=dict(metrics), samples=dict(samples))
         outcome = check_measurement(measurement(), baseline_dir, tolerances, update=False, per_metric=tables)
         verdict = "confirmed it" if outcome.status is Status.REGRESSED else "was within tolerance: noise"
         outcome.notes.append(f"first measurement regressed ({first}); a second measurement {verdict}")
