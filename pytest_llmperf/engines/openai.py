@@ -213,7 +213,7 @@ class OpenAIEngine:
             api_key = os.environ.get(self._api_key_env)
             if not api_key:
                 raise EngineError(f"api_key_env names {self._api_key_env!r}, but that environment variable is not set")
-        credentials = _normalise_base_url(str(base_url))[1] if base_url is not None else None
+        attach_url, credentials = _normalise_base_url(str(base_url)) if base_url is not None else ("", None)
         secrets = [api_key or ""]
         self._headers = {"Content-Type": "application/json"}
         if credentials is not None:
@@ -280,7 +280,7 @@ class OpenAIEngine:
             self._server.wait_healthy(self.startup_timeout_s)
         else:
             self.template = []
-            self.base_url = _normalise_base_url(str(base_url))[0]
+            self.base_url = attach_url
             self.health_path = config.get("health_path") or "/v1/models"
             self._wait_attached()
 
