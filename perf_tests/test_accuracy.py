@@ -16,6 +16,6 @@ TASKS = ["llmperf_arc", "llmperf_hellaswag", "llmperf_gsm"]
 @pytest.mark.parametrize("variant", ["f16", "q8_0", "q4_k_m"])
 def test_accuracy(engine_factory, lm_eval_scorer, variant):
     """acc / acc_norm on the multiple-choice tasks, exact match on the generation task."""
-    engine = engine_factory("llama_cpp", model=variant, n_threads=2, n_ctx=512)
+    engine = engine_factory("llama_cpp", model=variant, n_ctx=512)
     scores = lm_eval_scorer(engine, TASKS, limit=20)
     assert 0.0 <= scores["llmperf_arc.acc"] <= 1.0

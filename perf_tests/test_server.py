@@ -13,13 +13,14 @@ import pytest
 from pytest_llmperf import Workload
 
 SERVER = {"launch": "llama_cpp_server", "model": "q4_k_m", "server_args": ["--n_threads", "1", "--n_ctx", "1024"]}
-LOAD = Workload(n_prompt=64, n_predict=32, requests=8, warmup=1, repetitions=3)
+LOAD = Workload(n_prompt=64, n_predict=32, requests=8, warmup=1, repetitions=5, max_repetitions=30, max_seconds=60)
 GATE = ("completion_tok_s", "total_tok_s", "e2e_p99", "ttft_p99", "tpot_p50", "rss_peak_gib")
 
 
-# Two processes (server and client) share the 2 cores: wider than the in-process tolerances.
+# Throughput within 10%, latency within 15%, as in-process: measure-until-sure and the quality figures of the
+# server's process tree (docs/noise.md) carry the verdict, not wide tolerances.
 @pytest.mark.perf
-@pytest.mark.perf_tolerance({"*_tok_s": "40%", "e2e_*": "50%", "ttft_*": "60%", "tpot_*": "50%"})
+@pytest.mark.perf_tolerance({"*_tok_s": "10%", "e2e_*": "15%", "ttft_*": "15%", "tpot_*": "15%"})
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_server_load(engine_factory, llmperf, concurrency):
     """Throughput, p99 latency, TTFT and the server's memory at concurrency 1 and 4."""
@@ -31,7 +32,7 @@ def test_server_load(engine_factory, llmperf, concurrency):
 
 
 @pytest.mark.perf
-@pytest.mark.perf_tolerance({"*_tok_s": "40%", "efficiency": "50%"})
+@pytest.mark.perf_tolerance({"*_tok_s": "10%", "efficiency": "15%", "speedup": "15%"})
 def test_server_scaling(engine_factory, llmperf):
     """Throughput at concurrency 1, 2, 4 with speedup and efficiency (the end-of-session scaling table)."""
     engine = engine_factory("openai", **SERVER)

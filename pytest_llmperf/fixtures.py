@@ -10,7 +10,8 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_llmperf.core.record import TestRecord
-    from pytest_llmperf.core.session import LlmperfSession  # noqa: F401  (in a StashKey[...] string)
+    from pytest_llmperf.core.session import LlmperfSession
+    from pytest_llmperf.core.tolerance import ToleranceTable
     from pytest_llmperf.engines.cache import EngineCache, EngineFactory
     from pytest_llmperf.measure.checker import LmEvalScorer, PerfCheck
     from pytest_llmperf.measure.gpu import NvmlTracker
@@ -41,6 +42,16 @@ def warn_at(item: pytest.Item, message: str) -> None:
     )
 
 
+def tolerance_table(item: pytest.Item, session: LlmperfSession) -> ToleranceTable:
+    """The session's tolerances under the test's ``perf_tolerance`` markers (the closest one wins)."""
+    from pytest_llmperf.core.markers import marker_tolerances
+
+    markers = reversed(list(item.iter_markers("perf_tolerance")))
+    table = marker_tolerances([(marker.args, marker.kwargs) for marker in markers], item.nodeid)
+    return session.tolerances.with_layer(f"marker perf_tolerance on {item.nodeid}", table) if table else \
+        session.tolerances
+
+
 @pytest.fixture(scope="session")
 def _llmperf_engines(pytestconfig: pytest.Config) -> Iterator[EngineCache]:
     from pytest_llmperf.engines.cache import EngineCache
@@ -64,7 +75,8 @@ def llmperf(request: pytest.FixtureRequest, _llmperf_engines: EngineCache) -> Pe
     """Measure on engines; every call adds to this test's record, judged against its baseline when it ends."""
     from pytest_llmperf.measure.checker import PerfCheck
 
-    return PerfCheck(record_of(request.node), request.config.stash[session_key], _llmperf_engines)
+    session, item = request.config.stash[session_key], request.node
+    return PerfCheck(record_of(item), session, _llmperf_engines, tolerance_table(item, session))
 
 
 @pytest.fixture

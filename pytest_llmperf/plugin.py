@@ -22,6 +22,7 @@ from pytest_llmperf.fixtures import (  # noqa: F401  (fixtures are found as this
     nvml_tracker,
     record_key,
     session_key,
+    tolerance_table,
     warn_at,
 )
 
@@ -113,13 +114,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                                              llmperf_session.gpus_per_worker))
 
 
-def _marker_tolerances(item: pytest.Item) -> dict[str, object]:
-    from pytest_llmperf.core.markers import marker_tolerances
-
-    markers = reversed(list(item.iter_markers("perf_tolerance")))  # closest marker last, so it wins
-    return marker_tolerances([(marker.args, marker.kwargs) for marker in markers], item.nodeid)
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Bad or misspelled markers fail the test before anything is measured, naming the marker and the value;
     a gpu(...) test without its GPUs is skipped (failed with --llmperf-require-gpu or in strict mode)."""
@@ -130,8 +124,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     session = item.config.stash.get(session_key, None)
     try:
         check_markers([(m.name, m.args, m.kwargs) for m in item.iter_markers()], registered, item.nodeid)
-        if session is not None and (table := _marker_tolerances(item)):
-            session.tolerances.with_layer(f"marker perf_tolerance on {item.nodeid}", table)
+        if session is not None:
+            tolerance_table(item, session)
         gpu = item.get_closest_marker("gpu")
         missing = missing_gpus(*gpu_requirement(gpu.args, gpu.kwargs, item.nodeid)) if gpu else None
     except LlmperfError as error:
@@ -172,12 +166,16 @@ def _judge(item: pytest.Function, record: TestRecord, passed: bool) -> None:
     def edit(fingerprint: dict[str, Any]) -> None:
         item.config.hook.pytest_llmperf_fingerprint(config=item.config, nodeid=item.nodeid, fingerprint=fingerprint)
 
-    table = session.tolerances
-    if marker_table := _marker_tolerances(item):
-        table = table.with_layer(f"marker perf_tolerance on {item.nodeid}", marker_table)
+    table = tolerance_table(item, session)
+    def quiet(reference: Any) -> float:
+        from pytest_llmperf.measure.quality import wait_until_quiet
+
+        return wait_until_quiet(reference, session.busy_wait_s)
+
     try:
         confirm = session.confirm if passed else 0
-        outcome = judge(record, session.baseline_dir, table, update=session.update, confirm=confirm, edit=edit)
+        outcome = judge(record, session.baseline_dir, table, update=session.update, confirm=confirm, edit=edit,
+                        strict=session.strict, wait_until_quiet=quiet)
         write_pending(outcome, test_passed=passed)
     except LlmperfError as error:
         if not passed:

@@ -45,6 +45,9 @@ class MetricRecord:
     value: float
     samples: list[float] = field(default_factory=list)
     stderr: float | None = None  # accuracy metrics: lm-eval's standard error of the score
+    #: The machine's speed (``measure/quality.py`` reference loop) during each sample's repetition, for engines
+    #: that compute on this CPU: verdicts compare samples taken at the same machine speed (``core/verdict.py``).
+    speeds: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +60,9 @@ class Baseline:
     workload: dict[str, Any] = field(default_factory=dict)
     #: Data a check compares against besides the metrics (the logit-fidelity reference), stored as given.
     reference: Any = None
+    #: The machine's state while the entry was measured (``core/disturbance.py`` figures, medians): later
+    #: measurements are judged disturbed relative to it. Never gated.
+    quality: dict[str, float | None] | None = None
 
     @property
     def hardware_class(self) -> str | None:
@@ -74,6 +80,8 @@ class Baseline:
             }
             if record.stderr is not None:
                 metrics[name]["stderr"] = record.stderr
+            if record.speeds:
+                metrics[name]["machine_speeds"] = record.speeds
         data = {
             "schema": SCHEMA_VERSION,
             "test": self.test,
@@ -83,6 +91,8 @@ class Baseline:
         }
         if self.reference is not None:
             data["reference"] = self.reference
+        if self.quality:
+            data["quality"] = self.quality
         return data
 
 
@@ -255,15 +265,28 @@ def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
             path,
             f"metric {name!r} has stderr {stderr!r}; a finite number >= 0 is required",
         )
+        speeds = record.get("machine_speeds", [])
+        _require(
+            isinstance(speeds, list) and all(_finite_number(x) and x > 0 for x in speeds)
+            and len(speeds) in (0, len(samples)),
+            path, f"metric {name!r} has machine_speeds {speeds!r}; one positive number per sample is required",
+        )
         metrics[name] = MetricRecord(
-            float(value), [float(sample) for sample in samples], None if stderr is None else float(stderr)
+            float(value), [float(sample) for sample in samples], None if stderr is None else float(stderr),
+            [float(x) for x in speeds],
         )
     fingerprint = data.get("fingerprint", {})
     _require(isinstance(fingerprint, dict), path, "'fingerprint' must be an object")
     workload = data.get("workload", {})
     _require(isinstance(workload, dict), path, "'workload' must be an object")
+    quality = data.get("quality")
+    _require(
+        quality is None
+        or (isinstance(quality, dict) and all(v is None or _finite_number(v) for v in quality.values())),
+        path, "'quality' must be an object of figure name -> number or null",
+    )
     return Baseline(test=test, metrics=metrics, fingerprint=fingerprint, workload=workload,
-                    reference=data.get("reference"))
+                    reference=data.get("reference"), quality=quality)
 
 
 _MISSING = object()
@@ -297,7 +320,7 @@ def dumps(baseline: BaselineFile) -> str:
 
 
 #: The keys of one hardware class's entry; everything else at the top level belongs to the file.
-_ENTRY_KEYS = ("metrics", "workload", "fingerprint", "reference")
+_ENTRY_KEYS = ("metrics", "workload", "fingerprint", "reference", "quality")
 _TEMPORARY = re.compile(r"^\..+\.json\..+\.tmp$")
 
 

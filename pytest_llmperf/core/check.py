@@ -21,6 +21,7 @@ from pytest_llmperf.core.baseline import (
     load_baseline,
     record_baseline,
 )
+from pytest_llmperf.core.disturbance import summary
 from pytest_llmperf.core.tolerance import ToleranceTable
 from pytest_llmperf.core.verdict import MetricComparison, Verdict, compare
 from pytest_llmperf.errors import BaselineError
@@ -34,6 +35,9 @@ class Status(str, Enum):
     UPDATED = "updated"
     #: ``--update-baselines`` on a test that failed: its baseline file was left as it was.
     NOT_WRITTEN = "not written"
+    #: No verdict could be reached: the machine stayed busy, or a metric's interval reached across its
+    #: tolerance. Skipped, or an error in strict mode: never a pass.
+    NOT_JUDGED = "not judged"
 
 
 @dataclass
@@ -56,6 +60,14 @@ class CheckOutcome:
     gated: list[str] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     workload: dict[str, Any] = field(default_factory=dict)
+    #: The machine's state while this test measured (medians of ``core/disturbance.py`` figures), the state
+    #: its baseline was recorded in, and why the measurement counts as disturbed (None: it does not).
+    quality: dict[str, float | None] = field(default_factory=dict)
+    baseline_quality: dict[str, float | None] | None = None
+    disturbed: str | None = None
+    #: Warnings the test itself must raise (a baseline recorded from doubtful repetitions, a pass measured on a
+    #: busy machine); also in ``warnings``, for the reports.
+    alerts: list[str] = field(default_factory=list)
 
     @property
     def unjudged(self) -> list[MetricComparison]:
@@ -70,8 +82,10 @@ class CheckOutcome:
                 Verdict.NEW: "is not in the baseline",
                 Verdict.UNAVAILABLE: "could not be measured (remove it from the gate to gate without it)",
                 Verdict.INVALID: comparison.note,
+                Verdict.NOT_JUDGED: comparison.note,
             }[comparison.verdict]
-            parts.append(f"{comparison.metric} {why}" if comparison.verdict is not Verdict.INVALID else why)
+            shown = comparison.verdict not in (Verdict.INVALID, Verdict.NOT_JUDGED)
+            parts.append(f"{comparison.metric} {why}" if shown else why)
         hint = f"; record the new metrics with: {accept_command(self.test)}" if any(
             c.verdict is Verdict.NEW for c in self.unjudged
         ) else ""
@@ -86,7 +100,7 @@ class CheckOutcome:
         return [c for c in self.comparisons if c.verdict is Verdict.IMPROVED]
 
 
-_UNJUDGED = (Verdict.NEW, Verdict.UNAVAILABLE, Verdict.INVALID)
+_UNJUDGED = (Verdict.NEW, Verdict.UNAVAILABLE, Verdict.INVALID, Verdict.NOT_JUDGED)
 
 
 def accept_command(test: str) -> str:
@@ -105,6 +119,10 @@ class Measurement:
     warnings: list[str] = field(default_factory=list)
     stderr: Mapping[str, float | None] = field(default_factory=dict)
     reference: Any = None
+    #: ``core/disturbance.py`` figures of every repetition behind the metrics.
+    quality: list[dict[str, float | None]] = field(default_factory=list)
+    #: The machine's speed during each sample of a metric measured on this CPU (``MetricRecord.speeds``).
+    speeds: Mapping[str, list[float]] = field(default_factory=dict)
 
 
 def check_measurement(
@@ -144,19 +162,24 @@ def check_measurement(
     if baseline is not None:
         changes += [f"workload.{change}" for change in fingerprints.diff(baseline.workload, measurement.workload)]
     comparisons = compare(
-        measurement.metrics, baseline, tolerances, measurement.samples, measurement.stderr, per_metric
+        measurement.metrics, baseline, tolerances, measurement.samples, measurement.stderr, per_metric,
+        measurement.speeds,
     )
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))
     outcome.fingerprint, outcome.workload = measurement.fingerprint, measurement.workload
+    outcome.quality = summary(measurement.quality) if measurement.quality else {}
+    outcome.baseline_quality = baseline.quality if baseline is not None else None
 
     if update:
         measured = {
-            name: MetricRecord(value, list(measurement.samples.get(name, [value])), measurement.stderr.get(name))
+            name: MetricRecord(value, list(measurement.samples.get(name, [value])), measurement.stderr.get(name),
+                               list(measurement.speeds.get(name, [])))
             for name, value in measurement.metrics.items()
             if value is not None
         }
         outcome.pending = Baseline(
-            measurement.test, measured, measurement.fingerprint, measurement.workload, measurement.reference
+            measurement.test, measured, measurement.fingerprint, measurement.workload, measurement.reference,
+            outcome.quality or None,
         )
         outcome.status = Status.UPDATED
         outcome.message = f"baseline to be written once the test passes: {path}"
@@ -192,6 +215,9 @@ def check_measurement(
             lines.append("nothing in the fingerprint or the workload changed since the baseline was recorded")
         lines.append(f"if the new numbers are expected, accept them with: {accept_command(measurement.test)}")
         outcome.message = "\n".join(lines)
+    elif any(c.verdict is Verdict.NOT_JUDGED for c in outcome.comparisons):
+        outcome.status = Status.NOT_JUDGED
+        outcome.message = outcome.describe_unjudged()
     elif outcome.improvements:
         names = ", ".join(c.metric for c in outcome.improvements)
         outcome.message = (
@@ -236,6 +262,10 @@ def consequence(outcome: CheckOutcome, strict: bool) -> Consequence:
     strict mode and otherwise skip (not comparable) or warn — never a silent pass; an improvement warns."""
     if outcome.status is Status.REGRESSED:
         return Consequence(fail=outcome.message)
+    if outcome.status is Status.NOT_JUDGED:
+        if strict:
+            return Consequence(fail=f"[strict] {outcome.message} (not a pass: retry the job on a quieter machine)")
+        return Consequence(skip=outcome.message)
     if outcome.status in (Status.NEW, Status.NOT_COMPARABLE) and strict:
         return Consequence(fail=f"[strict] {outcome.message}")
     if outcome.status is Status.NOT_COMPARABLE:
@@ -247,4 +277,4 @@ def consequence(outcome: CheckOutcome, strict: bool) -> Consequence:
         warnings.append(outcome.describe_unjudged())
     if outcome.status is Status.NEW or (outcome.improvements and outcome.status is Status.PASSED):
         warnings.append(outcome.message)
-    return Consequence(warnings=tuple(warnings))
+    return Consequence(warnings=(*warnings, *outcome.alerts))

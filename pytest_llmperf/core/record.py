@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.core.check import CheckOutcome, Measurement, Status, check_measurement
+from pytest_llmperf.core.disturbance import MAX_DISTURBED_SHARE, busy_reason, disturbed_share
 from pytest_llmperf.core.tolerance import ToleranceTable
+from pytest_llmperf.core.verdict import Verdict
 from pytest_llmperf.errors import LlmperfError
 
-#: A fresh measurement of one part: every metric (prefixed) and its samples.
-Remeasured = tuple[Mapping[str, "float | None"], Mapping[str, list[float]]]
+#: A fresh measurement of one part: every metric (prefixed), its samples, the quality figures of each
+#: repetition (``measure/quality.py``) and why measuring stopped (``PerfResult.stopped``).
+Remeasured = tuple[Mapping[str, "float | None"], Mapping[str, list[float]], list[dict[str, "float | None"]], str]
 
 
 def prefixed(name: str | None, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,6 +54,23 @@ class Part:
     name: str | None = None
     #: Measures the part again, to confirm a suspected regression (None: numbers given by the test).
     remeasure: Callable[[], Remeasured] | None = None
+    #: The machine's state over each repetition (``measure/quality.py``); empty for numbers given by the test.
+    quality: list[dict[str, float | None]] = field(default_factory=list)
+    #: Why measuring stopped: "sure", "max_repetitions", "max_seconds" or "fixed" (``PerfResult.stopped``).
+    stopped: str = "fixed"
+    #: The part computes on this CPU (in-process llama.cpp without GPU layers): its samples carry the machine's
+    #: speed, and verdicts compare them at the same speed (``core/verdict.py``).
+    cpu_bound: bool = False
+
+    def speeds(self) -> dict[str, list[float]]:
+        """Each metric's machine speeds, one per sample, where samples and repetitions line up."""
+        if not self.cpu_bound:
+            return {}
+        speeds = [figures.get("machine_speed") for figures in self.quality]
+        if not speeds or any(speed is None for speed in speeds):
+            return {}
+        return {name: [float(s) for s in speeds if s is not None] for name, values in self.samples.items()
+                if len(values) == len(speeds)}
 
     @property
     def label(self) -> str:
@@ -112,6 +132,8 @@ class TestRecord:
             warnings=list(dict.fromkeys(warning for part in self.parts for warning in part.warnings)),
             stderr={name: e for part in self.parts for name, e in part.stderr.items() if name in gated},
             reference=reference,
+            quality=[figures for part in self.parts for figures in part.quality],
+            speeds={name: s for part in self.parts for name, s in part.speeds().items() if name in gated},
         )
 
     def tolerance_tables(self, base: ToleranceTable) -> dict[str, ToleranceTable]:
@@ -173,12 +195,18 @@ def judge(
     update: bool,
     confirm: int = 1,
     edit: Callable[[dict[str, Any]], None] | None = None,
+    strict: bool = False,
+    wait_until_quiet: Callable[[Mapping[str, float | None] | None], float] | None = None,
 ) -> CheckOutcome:
-    """The verdict of a whole test; a regression is measured again (up to ``confirm`` times) before it stands.
+    """The verdict of a whole test.
 
-    Only parts that can measure again and hold a regressed metric are re-measured: a machine that was busy for a
-    few seconds slows one measurement, rarely two in a row, while a real slowdown slows both. ``edit`` may change
-    the fingerprint in place (the ``pytest_llmperf_fingerprint`` hook).
+    A regressed or not-sure metric is measured again (up to ``confirm`` times) before it stands: a machine that
+    was busy for a few seconds slows one measurement, rarely two in a row. When the suspect measurement was
+    disturbed (``core/disturbance.py``, relative to the quality the baseline was recorded in), the re-measurement
+    first waits for the machine to quieten (``wait_until_quiet``, bounded); if the measurement that remains is
+    still disturbed the test is "not judged: machine busy", never a failure. ``--update-baselines`` judges the
+    recording instead: disturbed or widely spread repetitions warn, and in ``strict`` mode nothing is written.
+    ``edit`` may change the fingerprint in place (the ``pytest_llmperf_fingerprint`` hook).
     """
     tables = record.tolerance_tables(tolerances)
 
@@ -189,25 +217,98 @@ def judge(
         return built
 
     outcome = check_measurement(measurement(), baseline_dir, tolerances, update=update, per_metric=tables)
-    for _ in range(confirm):
-        if outcome.status is not Status.REGRESSED:
+    if update:
+        _judge_recording(record, outcome, tables, strict)
+    reference = outcome.baseline_quality
+    for _ in range(confirm if not update else 0):
+        if outcome.status not in (Status.REGRESSED, Status.NOT_JUDGED):
             break
-        regressed = {comparison.metric for comparison in outcome.regressions}
-        again = [
-            (index, part.remeasure)
-            for index, part in enumerate(record.parts)
-            if part.remeasure is not None and regressed & set(part.gated)
-        ]
+        again = [(index, part) for index, part in enumerate(record.parts)
+                 if part.remeasure is not None and _suspects(outcome) & set(part.gated)]
         if not again:
             break
-        first = ", ".join(f"{c.metric} {c.delta_pct:+.1f}%" for c in outcome.regressions if c.delta_pct is not None)
-        for index, remeasure in again:
-            metrics, samples = remeasure()
-            record.parts[index] = replace(record.parts[index], metrics=dict(metrics), samples=dict(samples))
+        first = _summary_of(outcome)
+        busy = [part for _, part in again if disturbed_share(part.quality, reference) >= MAX_DISTURBED_SHARE]
+        waited = wait_until_quiet(reference) if busy and wait_until_quiet is not None else 0.0
+        for index, part in again:
+            assert part.remeasure is not None
+            metrics, samples, quality, stopped = part.remeasure()
+            record.parts[index] = replace(part, metrics=dict(metrics), samples=dict(samples), quality=list(quality),
+                                          stopped=stopped)
         outcome = check_measurement(measurement(), baseline_dir, tolerances, update=False, per_metric=tables)
-        verdict = "confirmed it" if outcome.status is Status.REGRESSED else "was within tolerance: noise"
-        outcome.notes.append(f"first measurement regressed ({first}); a second measurement {verdict}")
+        verdict = {Status.REGRESSED: "confirmed it", Status.NOT_JUDGED: "was not sure either"}.get(
+            outcome.status, "was within tolerance: noise")
+        pause = f" after waiting {waited:.1f} s for the machine to quieten" if busy else ""
+        outcome.notes.append(f"first measurement {first}; a second measurement{pause} {verdict}")
+    _judge_disturbance(record, outcome, reference)
     outcome.measured = record.metrics
     outcome.all_samples = {name: list(s) for part in record.parts for name, s in part.samples.items()}
     outcome.gated = record.gated
     return outcome
+
+
+def _suspects(outcome: CheckOutcome) -> set[str]:
+    return {c.metric for c in outcome.comparisons if c.verdict in (Verdict.REGRESSED, Verdict.NOT_JUDGED)}
+
+
+def _summary_of(outcome: CheckOutcome) -> str:
+    shown = [f"{c.metric} {c.delta_pct:+.1f}%" for c in outcome.comparisons
+             if c.verdict in (Verdict.REGRESSED, Verdict.NOT_JUDGED) and c.delta_pct is not None]
+    word = "regressed" if outcome.status is Status.REGRESSED else "was not sure"
+    return f"{word} ({', '.join(shown)})" if shown else word
+
+
+def _judge_disturbance(record: TestRecord, outcome: CheckOutcome, reference: Mapping[str, float | None] | None
+                       ) -> None:
+    """A regression or an unsure verdict resting on a disturbed measurement becomes "not judged: machine busy";
+    a pass measured on a busy machine says so (it holds: the numbers were within tolerance even so)."""
+    suspects = _suspects(outcome)
+    disturbed = [part for part in record.parts if disturbed_share(part.quality, reference) >= MAX_DISTURBED_SHARE]
+    if not disturbed:
+        return
+    reason = busy_reason([figures for part in disturbed for figures in part.quality], reference)
+    outcome.disturbed = reason
+    resting = [part for part in disturbed if suspects & set(part.gated)]
+    if outcome.status in (Status.REGRESSED, Status.NOT_JUDGED) and resting:
+        shown = "; ".join(c.describe() for c in outcome.comparisons if c.metric in suspects)
+        outcome.status = Status.NOT_JUDGED
+        outcome.message = f"{outcome.test}: not judged: {reason}; measured: {shown}"
+    elif outcome.status is Status.PASSED:
+        outcome.alerts.append(f"measured while the {reason}: within tolerance even so")
+        outcome.warnings.append(outcome.alerts[-1])
+
+
+def _judge_recording(record: TestRecord, outcome: CheckOutcome, tables: Mapping[str, ToleranceTable],
+                     strict: bool) -> None:
+    """Warn when a baseline is recorded from disturbed or widely spread repetitions; in strict mode refuse it."""
+    from pytest_llmperf.core.metrics import format_value
+    from pytest_llmperf.core.stopping import adjusted, precise
+
+    problems = []
+    for part in record.parts:
+        if disturbed_share(part.quality) >= MAX_DISTURBED_SHARE:
+            problems.append(f"{part.label} was measured while the {busy_reason(part.quality)}")
+        if part.stopped not in ("max_repetitions", "max_seconds"):
+            continue
+        speeds = part.speeds()
+        for name in part.gated:
+            samples = part.samples.get(name) or []
+            values = adjusted(name, samples, speeds.get(name, []))
+            if len(samples) >= 2 and not precise(values, tables[name].for_metric(name)):
+                low, high = min(samples), max(samples)
+                spread = f" ({high / low:.1f}x)" if low > 0 else ""
+                problems.append(
+                    f"{name}: {len(samples)} repetitions ranged {format_value(low)}-{format_value(high)}{spread}, "
+                    f"too widely for its median to be known to half its tolerance ({tables[name].for_metric(name)})"
+                )
+    if not problems:
+        return
+    text = "; ".join(problems)
+    if strict:
+        outcome.pending = None
+        outcome.status = Status.NOT_JUDGED
+        outcome.message = f"{outcome.test}: baseline not recorded ({outcome.path} is as it was): {text}"
+    else:
+        outcome.alerts.append(f"baseline recorded from doubtful repetitions: {text}; record it again on a quieter "
+                              "machine")
+        outcome.warnings.append(outcome.alerts[-1])

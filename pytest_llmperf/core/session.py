@@ -34,12 +34,14 @@ OPTIONS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("--llmperf-report", "JSON report path (Markdown beside it)", {"metavar": "PATH",
                                                                    "help": "JSON report (a .md path: Markdown)"}),
     ("--llmperf-confirm", "re-measurements that must confirm a regression (default 1)", {"type": int, "metavar": "N"}),
+    ("--llmperf-busy-wait", "seconds to wait for a busy machine to quieten before measuring again (default 30)",
+     {"type": float, "metavar": "S"}),
     ("--llmperf-require-gpu", None, {"action": "store_true", "help": "a gpu(...) test without its GPUs fails"}),
     ("--llmperf-backend", "default engine backend", {"metavar": "NAME"}),
     ("--llmperf-model", "default model for engines that name none", {"metavar": "MODEL"}),
 ]
 INI_DEFAULTS = {"llmperf_baseline_dir": "baselines", "llmperf_strict": "", "llmperf_report": "",
-                 "llmperf_confirm": "1", "llmperf_backend": "llama_cpp", "llmperf_model": ""}
+                 "llmperf_confirm": "1", "llmperf_busy_wait": "30", "llmperf_backend": "llama_cpp", "llmperf_model": ""}
 
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
@@ -60,6 +62,8 @@ class LlmperfSession:
     prune_stale: bool = False
     confirm: int = 1
     require_gpu: bool = False
+    #: How long a suspect measurement on a busy machine waits for it to quieten before measuring again.
+    busy_wait_s: float = 30.0
     #: Under pytest-xdist, GPUs pinned to each worker: "auto", "off" or a number.
     gpus_per_worker: str = "auto"
     outcomes: list[CheckOutcome] = field(default_factory=list)
@@ -122,8 +126,20 @@ def build_session(
         prune_stale=bool(option("llmperf_prune_stale")),
         confirm=_confirm(option("llmperf_confirm"), str(ini("llmperf_confirm"))),
         require_gpu=bool(option("llmperf_require_gpu")),
+        busy_wait_s=_busy_wait(option("llmperf_busy_wait"), str(ini("llmperf_busy_wait"))),
         gpus_per_worker=_gpus_per_worker(str(ini("llmperf_gpus_per_worker"))),
     )
+
+
+def _busy_wait(option: float | None, ini: str) -> float:
+    where, text = ("--llmperf-busy-wait", str(option)) if option is not None else ("ini llmperf_busy_wait", ini)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise LlmperfError(f"{where}: expected seconds >= 0, got {text.strip()!r}")
+    return value
 
 
 def _gpus_per_worker(setting: str) -> str:

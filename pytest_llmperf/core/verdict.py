@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pytest_llmperf.core.baseline import Baseline, MetricRecord
+from pytest_llmperf.core.intervals import Interval, shift_interval
 from pytest_llmperf.core.metrics import format_value, invalid_value, metric_spec
 
-__all__ = ["MetricComparison", "Verdict", "compare", "format_value", "judge"]
+__all__ = ["LEVEL", "MetricComparison", "Verdict", "compare", "format_value", "judge"]
 from pytest_llmperf.core.tolerance import Tolerance, ToleranceTable
 
 
@@ -24,6 +25,21 @@ class Verdict(str, Enum):
     UNAVAILABLE = "unavailable"
     #: A current value that cannot be a measurement (NaN, infinite, a negative time): never judged, never stored.
     INVALID = "invalid"
+    #: The median moved beyond tolerance but its confidence interval reaches back inside: more repetitions (or a
+    #: quieter machine) would tell. Never a failure, never a pass.
+    NOT_JUDGED = "not judged"
+
+
+#: Two-sided level of the intervals the verdicts use: each bound is a one-sided 95% bound. Chosen with
+#: ``benchmarks/noise.py`` (docs/noise.md): it keeps false alarms under 1% at a 5% tolerance while a 10% slowdown
+#: is caught in >= 95% of the comparisons it judges.
+LEVEL = 0.90
+#: Samples of an engine that computes on this CPU are compared at the same machine speed: only repetitions whose
+#: reference-loop speed was within this share of the baseline's median count, each adjusted for the speed it ran
+#: at (``benchmarks/noise.py``, docs/noise.md: the host's speed drifted 2.5x here).
+SAME_MACHINE = 0.05
+#: The fewest repetitions at the baseline's machine speed a verdict needs on each side.
+FEWEST_MATCHED = 3
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,13 @@ class MetricComparison:
     tolerance: Tolerance
     verdict: Verdict
     note: str = ""
+    #: current/baseline (relative tolerance) or current - baseline (absolute) with its interval, when both
+    #: sides had per-repetition samples.
+    interval: Interval | None = None
+    #: False when the interval reaches across the tolerance: a longer measurement could still change the verdict.
+    sure: bool = True
+    #: The interval compares samples at the same machine speed, adjusted for it (``SAME_MACHINE``).
+    adjusted: bool = False
 
     @property
     def delta_pct(self) -> float | None:
@@ -48,6 +71,9 @@ class MetricComparison:
         """``completion_tok_s: 512.3 -> 240.1 (-53.1%, tolerance 30%)``."""
         delta = self.delta_pct
         change = f"{delta:+.1f}%, " if delta is not None else ""
+        if self.interval is not None:
+            kind = "ratio" if self.tolerance.kind == "relative" else "difference"
+            change += f"{'machine-adjusted ' if self.adjusted else ''}{kind} {self.interval}, "
         return (
             f"{self.metric}: {format_value(self.baseline)} -> {format_value(self.current)} "
             f"({change}tolerance {self.tolerance})"
@@ -59,8 +85,55 @@ def _worse_by(name: str, baseline: float, current: float) -> float:
     return current - baseline if metric_spec(name).direction == "lower" else baseline - current
 
 
-def _best(name: str, samples: Sequence[float]) -> float:
-    return min(samples) if metric_spec(name).direction == "lower" else max(samples)
+def interval_of(
+    name: str, baseline: Sequence[float], current: Sequence[float], tolerance: Tolerance, level: float = LEVEL
+) -> tuple[Interval, float, float] | None:
+    """The interval of the change from ``baseline`` to ``current`` samples in the tolerance's terms, with the
+    bad-direction limit and the good-direction limit it is judged against (a ratio for a relative tolerance, a
+    difference for an absolute one); None when the samples cannot give one."""
+    if tolerance.kind == "stderr":
+        return None
+    relative = tolerance.kind == "relative"
+    interval = shift_interval(baseline, current, level, relative=relative)
+    if interval is None:
+        return None
+    lower_is_better = metric_spec(name).direction == "lower"
+    centre = 1.0 if relative else 0.0
+    amount = tolerance.amount
+    bad, good = (centre + amount, centre - amount) if lower_is_better else (centre - amount, centre + amount)
+    return interval, bad, good
+
+
+def speed_power(name: str) -> int | None:
+    """How a metric scales with the machine's speed: throughput with it (1), time against it (-1); None: not."""
+    unit = metric_spec(name).unit
+    return 1 if unit in ("tok/s", "req/s") else -1 if unit == "s" else None
+
+
+def same_machine(
+    name: str, baseline: MetricRecord, current: Sequence[float], speeds: Sequence[float]
+) -> tuple[list[float], list[float], str] | None:
+    """The samples of both sides taken within ``SAME_MACHINE`` of the baseline's median machine speed, each adjusted
+    for the speed it ran at, and a note when too few are; None when the metric does not scale with the machine
+    or the speeds are missing."""
+    power = speed_power(name)
+    if power is None or not baseline.speeds or len(baseline.speeds) != len(baseline.samples) or \
+            not speeds or len(speeds) != len(current):
+        return None
+    reference = statistics.median(baseline.speeds)
+
+    def matched(values: Sequence[float], machine: Sequence[float]) -> list[float]:
+        return [value / (speed / reference) ** power for value, speed in zip(values, machine, strict=True)
+                if abs(speed / reference - 1) <= SAME_MACHINE]
+
+    base, now = matched(baseline.samples, baseline.speeds), matched(current, speeds)
+    note = ""
+    if len(base) < FEWEST_MATCHED or len(now) < FEWEST_MATCHED:
+        drift = (statistics.median(speeds) / reference - 1) * 100
+        note = (f"{name}: only {len(now)} of {len(current)} repetitions ran with the machine at the baseline's speed "
+                f"(within {SAME_MACHINE:.0%}; it ran {abs(drift):.0f}% {'slower' if drift < 0 else 'faster'}): "
+                "not comparable now")
+    return base, now, note
 
 
 def judge(
@@ -70,13 +143,16 @@ def judge(
     tolerance: Tolerance,
     current_samples: Sequence[float] = (),
     current_stderr: float | None = None,
+    current_speeds: Sequence[float] = (),
 ) -> MetricComparison:
     """The verdict of one metric: only a change in the bad direction beyond tolerance is a regression.
 
-    Noise rule: when both sides have per-repetition samples, a change counts only if the median (the headline
-    value) *and* the best repetition moved beyond tolerance in the same direction. Interference on a shared
-    machine slows some repetitions, rarely every one, so the best repetition shrugs it off while a real
-    slowdown moves it too. ``benchmarks/noise.py`` measures the false-alarm and detection rates of this rule.
+    Noise rule: when both sides have per-repetition samples (at least 2 each), the change is the Hodges-Lehmann
+    estimate of current/baseline (or current - baseline, for an absolute tolerance) with its Moses interval at
+    ``LEVEL``. A regression needs the whole interval beyond the tolerance, an improvement the same on the other
+    side. When the interval reaches across the tolerance the verdict is not sure (``sure=False``): ok if the
+    median is within tolerance, otherwise not judged. ``benchmarks/noise.py`` measures this rule's false alarms
+    and detection beside asv's and a point rule. Without samples the median alone is compared.
     """
     if current is None:
         return MetricComparison(name, baseline.value if baseline else None, None, tolerance, Verdict.UNAVAILABLE)
@@ -93,17 +169,41 @@ def judge(
         else None
     )
     allowed = tolerance.allowed(baseline.value, combined_stderr)
-    if abs(worse_by) <= allowed:
-        return MetricComparison(name, baseline.value, current, tolerance, Verdict.OK)
-    verdict = Verdict.REGRESSED if worse_by > 0 else Verdict.IMPROVED
+    point = Verdict.OK if abs(worse_by) <= allowed else Verdict.REGRESSED if worse_by > 0 else Verdict.IMPROVED
     # Samples that do not match the stored value (a hand-edited baseline) say nothing about it.
-    if baseline.samples and current_samples and math.isclose(statistics.median(baseline.samples), baseline.value):
-        best_baseline = _best(name, baseline.samples)
-        best_worse_by = _worse_by(name, best_baseline, _best(name, current_samples))
-        if best_worse_by * worse_by <= 0 or abs(best_worse_by) <= tolerance.allowed(best_baseline):
-            note = "the median moved beyond tolerance but the best repetition did not: within run-to-run noise"
-            return MetricComparison(name, baseline.value, current, tolerance, Verdict.OK, note)
-    return MetricComparison(name, baseline.value, current, tolerance, verdict)
+    if not (baseline.samples and current_samples and math.isclose(statistics.median(baseline.samples),
+                                                                    baseline.value)):
+        return MetricComparison(name, baseline.value, current, tolerance, point)
+    base, now = list(baseline.samples), list(current_samples)
+    matched = same_machine(name, baseline, now, current_speeds) if tolerance.kind == "relative" else None
+    if matched is not None:
+        base, now, note = matched
+        if note:
+            return MetricComparison(name, baseline.value, current, tolerance, Verdict.NOT_JUDGED, note, None, False)
+    judged = interval_of(name, base, now, tolerance)
+    if judged is None:
+        return MetricComparison(name, baseline.value, current, tolerance, point)
+    interval, bad, good = judged
+    lower_is_better = metric_spec(name).direction == "lower"
+
+    def made(verdict: Verdict, note: str = "", sure: bool = True) -> MetricComparison:
+        assert baseline is not None
+        return MetricComparison(name, baseline.value, current, tolerance, verdict, note, interval, sure,
+                                matched is not None)
+
+    def beyond(limit: float, upward: bool) -> bool:
+        return interval.low > limit if upward else interval.high < limit
+
+    if beyond(bad, lower_is_better):
+        return made(Verdict.REGRESSED)
+    if beyond(good, not lower_is_better):
+        return made(Verdict.IMPROVED)
+    if interval.high <= bad if lower_is_better else interval.low >= bad:
+        return made(Verdict.OK)
+    if interval.estimate > bad if lower_is_better else interval.estimate < bad:
+        return made(Verdict.NOT_JUDGED, f"{name} moved beyond tolerance, but its interval {interval} reaches back "
+                    "inside it: not sure (measure longer, or on a quieter machine)", sure=False)
+    return made(Verdict.OK, sure=False)
 
 
 def compare(
@@ -113,6 +213,7 @@ def compare(
     current_samples: Mapping[str, Sequence[float]] | None = None,
     current_stderr: Mapping[str, float | None] | None = None,
     per_metric: Mapping[str, ToleranceTable] | None = None,
+    current_speeds: Mapping[str, Sequence[float]] | None = None,
 ) -> list[MetricComparison]:
     """Compare every metric in ``current`` with ``baseline`` (None: all new); ``per_metric`` overrides the
     tolerance table for some metrics (a call's own tolerances)."""
@@ -128,6 +229,7 @@ def compare(
             tables.get(name, tolerances).for_metric(name),
             samples.get(name, ()),
             stderr.get(name),
+            (current_speeds or {}).get(name, ()),
         )
         for name, value in sorted(current.items())
     ]

@@ -16,8 +16,14 @@ class Workload:
 
     Every request has ``n_prompt`` prompt tokens (unique per request, so no prefix cache inflates the numbers)
     and generates exactly ``n_predict`` tokens (EOS suppressed). ``warmup`` requests run once before the
-    measured ``repetitions``, each of which sends ``requests`` requests. With ``prompts_file`` (JSONL with a
+    measured repetitions, each of which sends ``requests`` requests. With ``prompts_file`` (JSONL with a
     ``"prompt"`` key per line) the prompts come from the file instead, each made unique by a request tag.
+
+    Measure until sure: ``repetitions`` is the fewest repetitions; more are added, one at a time, until every
+    gated metric is sure (its interval against the baseline clears the tolerance on one side, or without a
+    baseline its median's interval is narrower than half the tolerance), up to ``max_repetitions`` (default
+    ten times ``repetitions``) or ``max_seconds`` of measuring. ``max_repetitions=repetitions`` measures a
+    fixed number.
     """
 
     n_prompt: int = 128
@@ -29,6 +35,8 @@ class Workload:
     prompts_file: str | None = None
     concurrency: int = 1
     request_rate: float | None = None
+    max_repetitions: int | None = None
+    max_seconds: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("n_prompt", "n_predict", "requests", "repetitions", "concurrency"):
@@ -39,6 +47,19 @@ class Workload:
             raise LlmperfError(f"Workload.warmup must be a non-negative integer, got {self.warmup!r}")
         if self.request_rate is not None and not self.request_rate > 0:
             raise LlmperfError(f"Workload.request_rate must be > 0 requests/s, got {self.request_rate!r}")
+        most = self.max_repetitions
+        if most is not None and (not isinstance(most, int) or isinstance(most, bool) or most < self.repetitions):
+            raise LlmperfError(
+                f"Workload.max_repetitions must be a whole number >= repetitions ({self.repetitions}), got {most!r}"
+            )
+        if isinstance(self.max_seconds, bool) or not isinstance(self.max_seconds, (int, float)) or \
+                not self.max_seconds > 0:
+            raise LlmperfError(f"Workload.max_seconds must be > 0 seconds, got {self.max_seconds!r}")
+
+    @property
+    def most_repetitions(self) -> int:
+        """The most repetitions measure-until-sure may take."""
+        return self.max_repetitions if self.max_repetitions is not None else 10 * self.repetitions
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from pytest_llmperf.engines import IN_PROCESS_BACKENDS, Engine, create_engine, warm_up
@@ -36,11 +36,13 @@ class EngineCache:
         #: What ``get`` relaunched since the caller last looked (the fixture warns with it).
         self.relaunched: list[str] = []
 
-    def get(self, backend: str | None = None, **config: Any) -> Engine:
+    def get(self, backend: str | None = None, keep: Collection[int] = (), **config: Any) -> Engine:
         """The engine of ``backend`` (default: the run's backend) with ``config``; built on first use.
 
         Without a ``model`` key the run's model (``--llmperf-model``) is used, else the backend's default
-        (for ``llama_cpp``, the embedded tiny model).
+        (for ``llama_cpp``, the embedded tiny model). Building an in-process engine closes the other in-process
+        engines (their memory would count in the new one's host memory), except those whose ``id`` is in
+        ``keep``: the ones the same test still uses (an A/B needs both).
         """
         backend = backend or self.default_backend
         if "model" not in config and self.default_model is not None:
@@ -57,7 +59,7 @@ class EngineCache:
             cached.close()
         if key not in self._engines:
             if backend in IN_PROCESS_BACKENDS:
-                self._close(lambda engine: engine.backend in IN_PROCESS_BACKENDS)
+                self._close(lambda engine: engine.backend in IN_PROCESS_BACKENDS and id(engine) not in keep)
                 warm_up(backend)
                 release_freed_memory()
             rss_before = process_rss_bytes()
@@ -112,9 +114,12 @@ class EngineFactory:
     def __init__(self, cache: EngineCache, warning_class: type[Warning] = UserWarning) -> None:
         self._cache = cache
         self._warning = warning_class
+        #: Engines this test got: building another one keeps them open.
+        self._mine: set[int] = set()
 
     def __call__(self, backend: str | None = None, **config: Any) -> Engine:
-        engine = self._cache.get(backend, **config)
+        engine = self._cache.get(backend, keep=self._mine, **config)
+        self._mine.add(id(engine))
         while self._cache.relaunched:
             warnings.warn(self._warning(self._cache.relaunched.pop(0)), stacklevel=2)
         return engine

@@ -63,6 +63,32 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     return path
 
 
+def default_threads() -> int:
+    """Half the cores (at least one): llama.cpp's worker threads spin at their barriers, so a thread that loses
+    its core to a neighbour stalls the others. Measured here (2 cores, docs/noise.md): 1 thread decoded as fast
+    as 2 on a quiet machine with a third of the spread, and 2.5x faster than 2 beside one busy process."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _thread_defaults(config: dict[str, Any]) -> list[str]:
+    """Fill in ``n_threads`` (``default_threads``) and ``n_threads_batch`` (= ``n_threads``; llama-cpp-python
+    would take every core for prompt processing); a warning when the threads exceed the cores free now."""
+    from pytest_llmperf.measure.quality import free_cores
+
+    if config.get("n_threads") is None:
+        config["n_threads"] = default_threads()
+    if config.get("n_threads_batch") is None:
+        config["n_threads_batch"] = config["n_threads"]
+    threads = max(int(config["n_threads"]), int(config["n_threads_batch"]))
+    free = free_cores()
+    if free is not None and threads > free + 0.5:
+        return [
+            f"n_threads={threads} but only {free:.1f} of {os.cpu_count()} cores were free when the run started: "
+            "llama.cpp's threads stall each other when one loses its core (use fewer threads, or a quieter machine)"
+        ]
+    return []
+
+
 _warmed_up = False
 
 
@@ -76,7 +102,8 @@ def warm_up() -> None:
     import llama_cpp
 
     with native_output_silenced():
-        llm = llama_cpp.Llama(model_path=str(default_model_path("q4_k_m")), n_ctx=256, n_threads=1, verbose=False)
+        llm = llama_cpp.Llama(model_path=str(default_model_path("q4_k_m")), n_ctx=256, n_threads=1, n_threads_batch=1,
+                              verbose=False)
     try:
         llm.eval([llm.token_bos(), 300, 301, 302])
     finally:
@@ -120,6 +147,7 @@ class LlamaCppEngine:
             )
         self.model_path = resolve_model(model)
         self.engine_config = {**_ENGINE_DEFAULTS, **{k: v for k, v in knobs.items() if k in engine_knobs}}
+        self.warnings = _thread_defaults(self.engine_config)
         self.sampling = {**_SAMPLING_DEFAULTS, **{k: v for k, v in knobs.items() if k in sampling_knobs}}
         quiet = native_output_silenced() if not self.engine_config.get("verbose") else contextlib.nullcontext()
         try:

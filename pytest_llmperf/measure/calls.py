@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,14 @@ from pytest_llmperf.core.baseline import baseline_path, hardware_class, load_bas
 from pytest_llmperf.core.check import accept_command
 from pytest_llmperf.core.fingerprint import environment, fingerprint
 from pytest_llmperf.core.record import Part, Remeasured, prefixed
+from pytest_llmperf.core.tolerance import ToleranceTable
 from pytest_llmperf.core.workload import Workload
 from pytest_llmperf.engines import Engine
 from pytest_llmperf.errors import LlmperfError
+from pytest_llmperf.measure.ab import ABResult
 from pytest_llmperf.measure.accuracy import AccuracyResult
 from pytest_llmperf.measure.fidelity import FidelityResult
-from pytest_llmperf.measure.runner import PerfResult, run_workload
+from pytest_llmperf.measure.runner import PerfResult, StopRule, run_workload
 from pytest_llmperf.measure.scaling import ScalingResult
 
 #: Set on a pytest-xdist worker pinned to GPUs (``core.hardware.worker_environment``): workers on different GPUs
@@ -48,6 +50,47 @@ def _gated(name: str | None, gate: Sequence[str], check: bool) -> tuple[str, ...
     return tuple(prefixed(name, dict.fromkeys(gate))) if check else ()
 
 
+@dataclass(frozen=True)
+class Judging:
+    """What a measuring call needs to know to measure until sure: the test, its baseline directory and its
+    tolerance table (markers and command line included). None: measure ``Workload.repetitions`` exactly."""
+
+    test: str
+    baseline_dir: Path
+    tolerances: ToleranceTable
+
+
+def until_sure(
+    judging: Judging | None, engine: Engine, gate: Sequence[str], tolerances: Mapping[str, object] | None,
+    name: str | None,
+) -> StopRule | None:
+    """The stop rule of a call gating ``gate``: against this machine's entry of the test's baseline."""
+    from pytest_llmperf.core.stopping import stop_rule
+
+    if judging is None or not gate:
+        return None
+    table = judging.tolerances
+    if tolerances:
+        table = table.with_layer("measure(tolerances=...)", tolerances)
+    baseline = None
+    try:
+        stored = load_baseline(baseline_path(judging.baseline_dir, judging.test))
+        if stored is not None:
+            baseline = stored.for_hardware(hardware_class(fingerprint(engine.describe())))
+    except LlmperfError:
+        pass  # the verdict reports what is wrong with the file
+    stored_names = prefixed(name, dict.fromkeys(gate))
+    return stop_rule(list(gate), {metric: table.for_metric(metric) for metric in stored_names}, baseline, name,
+                     cpu_bound(engine))
+
+
+def cpu_bound(engine: Engine) -> bool:
+    """Whether ``engine`` computes on this machine's CPU (in-process llama.cpp without GPU layers): its
+    samples are then compared at the same machine speed (``core/verdict.same_machine``)."""
+    described = engine.describe()
+    return described.get("backend") == "llama_cpp" and not described.get("engine_config", {}).get("n_gpu_layers")
+
+
 def measure(
     engine: Engine,
     workload: Workload | None,
@@ -58,29 +101,34 @@ def measure(
     track_gpu: bool = False,
     check: bool = True,
     name: str | None = None,
+    judging: Judging | None = None,
 ) -> tuple[PerfResult, Part]:
-    """Run ``workload`` (default ``Workload()``) on ``engine``; with ``track_gpu`` sample the GPUs through NVML."""
+    """Run ``workload`` (default ``Workload()``) on ``engine``; with ``track_gpu`` sample the GPUs through NVML.
+    With ``judging``, repetitions are added until the gated metrics are sure (``core/stopping.py``)."""
     from pytest_llmperf.measure.gpu import NvmlTracker
 
     workload = workload or Workload()
     results: list[PerfResult] = []
+    stop = until_sure(judging, engine, gate if check else (), tolerances, name)
 
     def run() -> Remeasured:
         tracker = NvmlTracker() if track_gpu else contextlib.nullcontext()
         with measurement_lock(), tracker:
-            results.append(run_workload(engine, workload, rss_base_bytes))
+            results.append(run_workload(engine, workload, rss_base_bytes, stop))
         latest = results[-1]
         if isinstance(tracker, NvmlTracker):
             # The tracker saw the warmup requests too: their tokens count for energy per token.
-            requests = workload.requests * workload.repetitions + min(workload.warmup, workload.requests)
+            repetitions = len(latest.quality)
+            requests = workload.requests * repetitions + min(workload.warmup, workload.requests)
             latest.metrics.update(tracker.metrics(workload.n_predict * requests))
-        return prefixed(name, latest.metrics), prefixed(name, latest.samples)
+        return prefixed(name, latest.metrics), prefixed(name, latest.samples), latest.quality, latest.stopped
 
-    metrics, samples = run()
+    metrics, samples, quality, stopped = run()
     result = results[-1]
     part = Part(
         "measure", dict(metrics), _gated(name, gate, check), dict(samples), fingerprint=fingerprint(result.engine),
         workload=workload.to_dict(), warnings=list(result.warnings), tolerances=tolerances, name=name, remeasure=run,
+        quality=quality, stopped=stopped, cpu_bound=cpu_bound(engine),
     )
     return result, part
 
@@ -117,18 +165,62 @@ def scaling(
                 results[level] = run_workload(engine, replace(workload, concurrency=level), rss_base_bytes)
         latest.append(ScalingResult(test, results))
         names = list(dict.fromkeys((*every, *gate)))
-        return prefixed(name, latest[-1].metrics(names)), prefixed(name, latest[-1].samples(names))
+        quality = [figures for result in results.values() for figures in result.quality]
+        return prefixed(name, latest[-1].metrics(names)), prefixed(name, latest[-1].samples(names)), quality, "fixed"
 
-    metrics, samples = run()
+    metrics, samples, quality, _ = run()
     gated = prefixed(name, latest[0].metrics(list(gate)))
     warnings = sorted({warning for result in latest[0].results.values() for warning in result.warnings})
     part = Part(
         "scaling", dict(metrics), tuple(gated), dict(samples),
         fingerprint=fingerprint(latest[0].results[levels[0]].engine),
         workload={**workload.to_dict(), "concurrency": levels}, warnings=warnings, tolerances=tolerances, name=name,
-        remeasure=run,
+        remeasure=run, quality=quality,
     )
     return latest, part
+
+
+def ab(
+    engine_a: Engine,
+    engine_b: Engine,
+    workload: Workload | None,
+    *,
+    gate: Sequence[str],
+    labels: Sequence[str] = ("A", "B"),
+    precision: float | None = None,
+    rss_base: tuple[int, int] = (0, 0),
+    tolerances: Mapping[str, object] | None = None,
+    check: bool = True,
+) -> tuple[ABResult, Part]:
+    """``workload`` on both engines interleaved (``measure/ab.py``); gates B/A of ``gate``."""
+    from pytest_llmperf.core.metrics import metric_spec
+    from pytest_llmperf.measure.ab import DEFAULT_PRECISION, ab_metrics, check_labels, ratio_name, run_ab
+
+    pair = check_labels(labels)
+    for metric in gate:
+        metric_spec(metric)
+    workload = workload or Workload()
+
+    def run() -> Remeasured:
+        with measurement_lock():
+            results.append(run_ab(engine_a, engine_b, workload, gate, pair, precision or DEFAULT_PRECISION,
+                                  rss_base))
+        latest = results[-1]
+        metrics, samples = ab_metrics(latest)
+        return metrics, samples, [*latest.a.quality, *latest.b.quality], latest.stopped
+
+    results: list[ABResult] = []
+    metrics, samples, quality, stopped = run()
+    result = results[-1]
+    gated = tuple(ratio_name(pair, metric) for metric in gate if ratio_name(pair, metric) in metrics) if check else ()
+    engine_fingerprint = fingerprint(result.a.engine)
+    engine_fingerprint["ab"] = {pair[0]: result.a.engine, pair[1]: result.b.engine}
+    part = Part(
+        "ab", dict(metrics), gated, dict(samples), fingerprint=engine_fingerprint,
+        workload={**workload.to_dict(), "ab": list(pair)}, warnings=sorted({*result.a.warnings, *result.b.warnings}),
+        tolerances=tolerances, name=f"ab({pair[0]}, {pair[1]})", remeasure=run, quality=quality, stopped=stopped,
+    )
+    return result, part
 
 
 def fidelity(

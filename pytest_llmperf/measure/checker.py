@@ -15,9 +15,11 @@ from pytest_llmperf.measure import calls
 if TYPE_CHECKING:
     from pytest_llmperf.core.record import Part, TestRecord
     from pytest_llmperf.core.session import LlmperfSession
+    from pytest_llmperf.core.tolerance import ToleranceTable
     from pytest_llmperf.core.workload import Workload
     from pytest_llmperf.engines import Engine
     from pytest_llmperf.engines.cache import EngineCache
+    from pytest_llmperf.measure.ab import ABResult
     from pytest_llmperf.measure.accuracy import AccuracyResult
     from pytest_llmperf.measure.fidelity import FidelityResult
     from pytest_llmperf.measure.runner import PerfResult
@@ -31,10 +33,15 @@ class PerfCheck:
     call's metrics (``decode.completion_tok_s``), needed when two calls would measure the same metric.
     """
 
-    def __init__(self, record: TestRecord, session: LlmperfSession, engines: EngineCache) -> None:
+    def __init__(
+        self, record: TestRecord, session: LlmperfSession, engines: EngineCache,
+        tolerances: ToleranceTable | None = None,
+    ) -> None:
         self._record = record
         self._session = session
         self._engines = engines
+        # The test's tolerances (markers included): measure-until-sure stops when the verdict is sure.
+        self._judging = calls.Judging(record.test, session.baseline_dir, tolerances) if tolerances else None
 
     def _add(self, part: Part) -> None:
         self._record.add(part)
@@ -50,7 +57,22 @@ class PerfCheck:
         result, part = calls.measure(
             engine, workload, gate=gate or (*self._session.gate, *gpu_gate),
             rss_base_bytes=self._engines.rss_base_bytes(engine) or 0, tolerances=tolerances,
-            track_gpu=track_gpu, check=check, name=name,
+            track_gpu=track_gpu, check=check, name=name, judging=self._judging,
+        )
+        self._add(part)
+        return result
+
+    def ab(
+        self, engine_a: Engine, engine_b: Engine, workload: Workload | None = None, *,
+        labels: Sequence[str] = ("A", "B"), gate: Sequence[str] = ("completion_tok_s",),
+        precision: float | None = None, tolerances: Mapping[str, object] | None = None, check: bool = True,
+    ) -> ABResult:
+        """``workload`` on both engines interleaved (A B B A ...) until the ratios B/A of ``gate`` are known to
+        ``precision`` (default 2.5%) each side; gates ``<B>_vs_<A>.<metric>`` (docs/noise.md, "A/B")."""
+        result, part = calls.ab(
+            engine_a, engine_b, workload, gate=gate, labels=labels, precision=precision,
+            rss_base=(self._engines.rss_base_bytes(engine_a) or 0, self._engines.rss_base_bytes(engine_b) or 0),
+            tolerances=tolerances, check=check,
         )
         self._add(part)
         return result

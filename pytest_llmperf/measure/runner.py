@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +12,11 @@ from pytest_llmperf.core.metrics import MIN_SAMPLES_FOR_P99, compute_metrics
 from pytest_llmperf.core.workload import Request, RequestRecord, Workload
 from pytest_llmperf.engines import Engine
 from pytest_llmperf.measure.host_memory import HostMemorySampler
+from pytest_llmperf.measure.quality import QualitySampler
+
+#: Decides, from the samples so far and the machine's speed during each repetition, whether the measurement is
+#: sure enough to stop (``core.stopping``).
+StopRule = Callable[[Mapping[str, list[float]], Sequence[float | None]], bool]
 
 _GIB = 1024**3
 
@@ -28,6 +35,10 @@ class PerfResult:
     workload: Workload
     engine: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    #: ``measure.quality`` figures of each repetition (the machine's state while it ran).
+    quality: list[dict[str, float | None]] = field(default_factory=list)
+    #: Why measuring stopped: "sure", "max_repetitions", "max_seconds" or "fixed".
+    stopped: str = "fixed"
 
     #: Metrics shown by ``repr`` (an assert on a result prints it): the headline numbers, not the samples.
     _SHOWN = ("completion_tok_s", "total_tok_s", "ttft_p50", "tpot_p50", "e2e_p99", "rss_peak_gib", "mem_max_gib")
@@ -62,8 +73,12 @@ def _build_requests(engine: Engine, workload: Workload, repetition: int, prompts
     return requests
 
 
-def run_workload(engine: Engine, workload: Workload, rss_base_bytes: int = 0) -> PerfResult:
-    """Measure ``workload`` on ``engine``: warmup requests, then ``workload.repetitions`` measured rounds.
+def run_workload(
+    engine: Engine, workload: Workload, rss_base_bytes: int = 0, stop: StopRule | None = None
+) -> PerfResult:
+    """Measure ``workload`` on ``engine``: warmup requests, then at least ``workload.repetitions`` measured rounds;
+    with ``stop``, more rounds until ``stop(samples)`` says the numbers are sure or the workload's budget
+    (``max_repetitions``, ``max_seconds``) is spent. Without ``stop`` exactly ``repetitions`` rounds.
 
     ``rss_peak_gib`` is the process's peak resident memory during a repetition minus ``rss_base_bytes``
     (the engine factory passes the process's RSS from just before it built the engine, so the metric is
@@ -79,10 +94,15 @@ def run_workload(engine: Engine, workload: Workload, rss_base_bytes: int = 0) ->
         warmup = _build_requests(engine, workload, -1, prompts)[: workload.warmup]
         engine.run(warmup, concurrency=workload.concurrency, request_rate=workload.request_rate, seed=workload.seed)
     per_repetition: list[dict[str, float | None]] = []
+    quality: list[dict[str, float | None]] = []
     all_records: list[RequestRecord] = []
-    for repetition in range(workload.repetitions):
+    threads = engine.describe().get("engine_config", {}).get("n_threads")
+    started, stopped = time.perf_counter(), "fixed"
+    most = workload.most_repetitions if stop is not None else workload.repetitions
+    for repetition in range(most):
         requests = _build_requests(engine, workload, repetition, prompts)
-        with HostMemorySampler(pids=memory_pids) as memory:
+        with QualitySampler(pids=memory_pids, threads=threads) as sampler, \
+                HostMemorySampler(pids=memory_pids) as memory:
             records = engine.run(
                 requests, concurrency=workload.concurrency, request_rate=workload.request_rate, seed=workload.seed
             )
@@ -90,21 +110,35 @@ def run_workload(engine: Engine, workload: Workload, rss_base_bytes: int = 0) ->
         base = rss_base_bytes if memory_pids is None else 0
         metrics["rss_peak_gib"] = max(memory.peak_bytes - base, 0) / _GIB if rss_measurable else None
         per_repetition.append(metrics)
+        quality.append(sampler.figures)
         all_records.extend(records)
+        if stop is None or repetition + 1 < workload.repetitions:
+            continue
+        if stop(_samples(per_repetition), [figures.get("machine_speed") for figures in quality]):
+            stopped = "sure"
+            break
+        if time.perf_counter() - started >= workload.max_seconds:
+            stopped = "max_seconds"
+            break
+    else:
+        if stop is not None and most > workload.repetitions:
+            stopped = "max_repetitions"
 
-    samples: dict[str, list[float]] = {}
-    headline: dict[str, float | None] = {}
-    for name in per_repetition[0]:
-        values = [value for rep in per_repetition if (value := rep[name]) is not None]
-        samples[name] = values
-        headline[name] = statistics.median(values) if values else None
-    warnings = _token_warnings(all_records, workload, bool(prompts))
+    samples = _samples(per_repetition)
+    headline = {name: statistics.median(values) if values else None for name, values in samples.items()}
+    warnings = [*getattr(engine, "warnings", []), *_token_warnings(all_records, workload, bool(prompts))]
     if workload.requests < MIN_SAMPLES_FOR_P99:
         warnings.append(
             f"p99 rests on {workload.requests} requests per repetition (fewer than {MIN_SAMPLES_FOR_P99}): "
             "it is close to the maximum"
         )
-    return PerfResult(headline, samples, workload, engine.describe(), warnings)
+    return PerfResult(headline, samples, workload, engine.describe(), warnings, quality, stopped)
+
+
+def _samples(per_repetition: list[dict[str, float | None]]) -> dict[str, list[float]]:
+    return {
+        name: [value for rep in per_repetition if (value := rep[name]) is not None] for name in per_repetition[0]
+    }
 
 
 def _token_warnings(records: list[RequestRecord], workload: Workload, from_file: bool) -> list[str]:

@@ -24,3 +24,15 @@ def compare_reports(before: dict[tuple[str, str], float], after: dict[tuple[str,
         mark = "" if difference == 0 else "better" if better else "worse"
         rows.append((test, metric, format_value(old), format_value(new), f"{difference:+.4g}", percent, mark))
     return align([header, *rows], numeric={2, 3, 4, 5})
+
+
+def ab_report(report: dict[tuple[str, str], tuple[float, list[float]]]) -> list[str]:
+    """The A/B tables of one report (``reports/ab.py``), test by test."""
+    from pytest_llmperf.reports.ab import render_ab
+
+    lines: list[str] = []
+    for test in sorted({test for test, _ in report}):
+        measured = {metric: value for (name, metric), (value, _) in report.items() if name == test}
+        samples = {metric: values for (name, metric), (_, values) in report.items() if name == test}
+        lines += render_ab(test, measured, samples)
+    return lines

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.core.check import CheckOutcome, Status
+from pytest_llmperf.core.intervals import Interval
 from pytest_llmperf.core.session import LlmperfSession
 from pytest_llmperf.core.tolerance import Tolerance
 from pytest_llmperf.core.verdict import MetricComparison, Verdict
@@ -33,6 +34,9 @@ def outcome_to_json(outcome: CheckOutcome) -> dict[str, Any]:
             "verdict": c.verdict.value,
             "note": c.note,
             "samples": outcome.all_samples.get(c.metric, []),
+            "interval": None if c.interval is None else
+            {"estimate": c.interval.estimate, "low": c.interval.low, "high": c.interval.high},
+            "sure": c.sure,
         }
         for c in outcome.comparisons
     ]
@@ -53,6 +57,9 @@ def outcome_to_json(outcome: CheckOutcome) -> dict[str, Any]:
         "metrics": metrics,
         "fingerprint": outcome.fingerprint,
         "workload": outcome.workload,
+        "quality": outcome.quality,
+        "baseline_quality": outcome.baseline_quality,
+        "disturbed": outcome.disturbed,
     }
 
 
@@ -71,6 +78,8 @@ def outcome_from_json(data: dict[str, Any]) -> CheckOutcome:
             Tolerance(entry["tolerance"]["kind"], entry["tolerance"]["amount"], entry["tolerance"]["text"]),
             Verdict(entry["verdict"]),
             entry.get("note", ""),
+            Interval(**entry["interval"]) if entry.get("interval") else None,
+            bool(entry.get("sure", True)),
         )
         for entry in gated
     ]
@@ -88,6 +97,8 @@ def outcome_from_json(data: dict[str, Any]) -> CheckOutcome:
     outcome.all_samples = {entry["metric"]: list(entry.get("samples", [])) for entry in data["metrics"]}
     outcome.gated = [entry["metric"] for entry in gated]
     outcome.fingerprint, outcome.workload = dict(data.get("fingerprint", {})), dict(data.get("workload", {}))
+    outcome.quality, outcome.baseline_quality = dict(data.get("quality") or {}), data.get("baseline_quality")
+    outcome.disturbed = data.get("disturbed")
     return outcome
 
 
@@ -112,6 +123,11 @@ def render_json(
 
 def load_report_values(path: Path) -> dict[tuple[str, str], float]:
     """``(test, metric) -> current value`` of a JSON report; raises LlmperfError naming a bad file."""
+    return {key: value for key, (value, _) in load_report(path).items()}
+
+
+def load_report(path: Path) -> dict[tuple[str, str], tuple[float, list[float]]]:
+    """``(test, metric) -> (current value, samples)`` of a JSON report; raises LlmperfError naming a bad file."""
     from pytest_llmperf.errors import LlmperfError
 
     try:
@@ -119,7 +135,7 @@ def load_report_values(path: Path) -> dict[tuple[str, str], float]:
         if data.get("schema") != REPORT_SCHEMA:
             raise LlmperfError(f"{path}: report schema {data.get('schema')!r} is not {REPORT_SCHEMA}")
         return {
-            (test["test"], metric["metric"]): float(metric["current"])
+            (test["test"], metric["metric"]): (float(metric["current"]), [float(x) for x in metric.get("samples", [])])
             for test in data["tests"]
             for metric in test["metrics"]
             if metric["current"] is not None

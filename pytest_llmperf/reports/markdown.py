@@ -12,6 +12,7 @@ from pytest_llmperf.core.check import CheckOutcome, Status
 from pytest_llmperf.core.metrics import format_value
 from pytest_llmperf.core.verdict import Verdict
 from pytest_llmperf.measure.scaling import ScalingResult
+from pytest_llmperf.reports.ab import ab_cells
 from pytest_llmperf.reports.scaling import HEADER as SCALING_HEADER
 from pytest_llmperf.reports.scaling import scaling_cells
 from pytest_llmperf.reports.table import HEADER, headline, render_notes, table_rows, tradeoff_rows
@@ -22,6 +23,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
 
 
+_QUALITY = ("runqueue_wait", "others_cores", "steal_pct", "machine_speed")
+
+
 def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = ()) -> str:
     ordered = sorted(outcomes, key=lambda o: o.test)
     lines = ["## pytest-llmperf", ""]
@@ -29,7 +33,8 @@ def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingR
         lines.append("No perf metric was checked.")
     else:
         lines += [f"**{headline(ordered)}**", ""]
-    failing = [o for o in ordered if o.status in (Status.REGRESSED, Status.NOT_WRITTEN) or o.unjudged]
+    failing = [o for o in ordered
+               if o.status in (Status.REGRESSED, Status.NOT_WRITTEN, Status.NOT_JUDGED) or o.unjudged]
     for outcome in failing:
         message = outcome.message if outcome.status is not Status.PASSED else outcome.describe_unjudged()
         lines += ["```", message, "```", ""]
@@ -47,6 +52,15 @@ def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingR
         lines += ["", "### Trade-off (current values)", "", *_table(tradeoff[0], tradeoff[1:])]
     for result in sorted(scaling, key=lambda r: r.test):
         lines += ["", f"### Scaling: {result.test}", "", *_table(SCALING_HEADER, scaling_cells(result))]
+    for outcome in ordered:
+        for (a_label, b_label), ab_rows in ab_cells(outcome.measured, outcome.all_samples).items():
+            header = ("metric", a_label, b_label, f"{b_label}-{a_label}", "change %", f"{b_label}/{a_label}")
+            lines += ["", f"### A/B: {outcome.test} ({b_label} vs {a_label})", "", *_table(header, ab_rows)]
+    quality = [(o.test, o.disturbed or "quiet", *(format_value(o.quality.get(name)) for name in _QUALITY))
+               for o in ordered if o.quality]
+    if quality:
+        lines += ["", "### Measurement quality (medians over the repetitions)", "",
+                  *_table(("test", "machine", *_QUALITY), quality)]
     measured = [o for o in ordered if o.measured]
     if measured:
         lines += ["", "### Every measured metric", ""]

@@ -17,6 +17,8 @@ def table_rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, ...]]:
             delta = comparison.delta_pct
             rewriting = outcome.status in (Status.UPDATED, Status.NOT_WRITTEN)
             verdict = outcome.status.value if rewriting else comparison.verdict.value
+            if outcome.status is Status.NOT_JUDGED and outcome.disturbed and comparison.verdict.value == "regressed":
+                verdict = "not judged (busy)"  # a regression measured on a busy machine is no verdict
             rows.append(
                 (
                     outcome.test,
@@ -90,10 +92,11 @@ def render_notes(outcomes: Sequence[CheckOutcome]) -> list[str]:
         for change in outcome.changes:
             notes.append(f"{outcome.test}: changed {change}")
         notes += [f"{outcome.test}: {note}" for note in outcome.notes]
-        if outcome.status in (Status.NEW, Status.NOT_COMPARABLE, Status.NOT_WRITTEN) or (
+        if outcome.status in (Status.NEW, Status.NOT_COMPARABLE, Status.NOT_WRITTEN, Status.NOT_JUDGED) or (
             outcome.improvements and outcome.message and outcome.status is not Status.UPDATED
         ):
-            notes.append(f"{outcome.test}: {outcome.message}")
+            message = outcome.message
+            notes.append(message if message.startswith(f"{outcome.test}: ") else f"{outcome.test}: {message}")
         for warning in outcome.warnings:
             tests_by_warning.setdefault(warning, []).append(outcome.test)
     for warning, tests in tests_by_warning.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pytest_llmperf.core.session import LlmperfSession
+from pytest_llmperf.reports.ab import render_ab
 from pytest_llmperf.reports.scaling import render_scaling
 from pytest_llmperf.reports.table import align, headline, render_notes, render_table, tradeoff_rows
 
@@ -22,6 +23,10 @@ def summary_lines(session: LlmperfSession) -> list[str]:
     if tradeoff:
         lines += ["", "trade-off (current values; accuracy and fidelity beside speed and memory):"]
         lines += ["  " + line for line in align(tradeoff, numeric=set(range(1, len(tradeoff[0]))))]
+    ab = [line for outcome in sorted(session.outcomes, key=lambda o: o.test)
+          for line in render_ab(outcome.test, outcome.measured, outcome.all_samples)]
+    if ab:
+        lines += ["", "A/B (measured interleaved; B/A is the median of the pair ratios):", *ab]
     if session.scaling:
         lines += ["", "scaling (speedup: tok/s over the lowest concurrency's; efficiency: speedup / N):"]
         for result in sorted(session.scaling, key=lambda r: r.test):
