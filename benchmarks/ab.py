@@ -1,7 +1,9 @@
 """How often an interleaved A/B (``llmperf.ab``) calls two configurations ``--difference`` apart right.
 
-A is the embedded model (Q4_K_M, one thread); B is the same model slowed by a calibrated busy-wait so that it is
-``--difference`` slower. Rounds run in ``llmperf.ab``'s order (A B, B A, ...) on the real engine, with
+A is the embedded model (Q4_K_M, one thread); B is the same model slowed by a busy-wait after every token that
+lasts ``difference / (1 - difference)`` of the time the token took, so B is ``--difference`` slower whatever speed
+the host runs at (a fixed busy-wait would be a smaller share of a token when the host is slow). Rounds run in
+``llmperf.ab``'s order (A B, B A, ...) on the real engine, with
 ``--neighbour`` beside a CPU-burning process. Then each trial is a contiguous run of rounds (overlapping between
 trials; seeded start) judged by ``llmperf.ab``'s own rule: pairs are added from 6 until B/A's interval
 (``paired_interval`` at ``LEVEL``) is within ``--precision`` on each side, up to 50. A trial is called right when
@@ -20,7 +22,7 @@ import statistics
 import sys
 import time
 
-from noise import WORKLOAD, BusyWait, neighbour_process
+from noise import WORKLOAD, neighbour_process
 
 from pytest_llmperf.core.intervals import paired_interval, shift_interval
 from pytest_llmperf.core.verdict import LEVEL
@@ -32,9 +34,27 @@ METRIC = "completion_tok_s"
 FEWEST, MOST = 6, 50
 
 
+class RelativeBusyWait:
+    """A logits processor that burns ``fraction / (1 - fraction)`` of the time since its previous call: each token
+    takes ``1 / (1 - fraction)`` times as long, so throughput drops by ``fraction``."""
+
+    def __init__(self, fraction: float) -> None:
+        self.factor = fraction / (1 - fraction)
+        self.last: float | None = None
+
+    def __call__(self, input_ids: object, scores: object) -> object:
+        now = time.perf_counter()
+        if self.last is not None and now - self.last < 0.5:  # not across requests
+            end = now + (now - self.last) * self.factor
+            while time.perf_counter() < end:
+                pass
+        self.last = time.perf_counter()
+        return scores
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=150)
     parser.add_argument("--difference", type=float, default=0.05)
     parser.add_argument("--precision", type=float, default=DEFAULT_PRECISION)
     parser.add_argument("--trials", type=int, default=200)
@@ -44,7 +64,7 @@ def main() -> int:
     from llama_cpp import LogitsProcessorList
 
     neighbour = neighbour_process() if arguments.neighbour else None
-    busy = BusyWait(0.0)
+    busy = RelativeBusyWait(arguments.difference)
     a_engine = create_engine("llama_cpp", {"model": "q4_k_m", "n_ctx": 512})
     b_engine = create_engine("llama_cpp", {"model": "q4_k_m", "n_ctx": 512,
                                            "logits_processor": LogitsProcessorList([busy])})
@@ -62,14 +82,7 @@ def main() -> int:
 
     try:
         started = time.perf_counter()
-        a, _ = rounds(10)
-        tokens = WORKLOAD.requests * WORKLOAD.n_predict
-        busy.seconds = tokens / statistics.median(a) * arguments.difference / (1 - arguments.difference) / tokens
-        for _ in range(2):
-            a, b = rounds(30)
-            measured = 1 - statistics.median([y / x for x, y in zip(a, b, strict=True)])
-            if measured > 0:
-                busy.seconds *= arguments.difference / measured
+        rounds(2)  # warm up
         a, b = rounds(arguments.rounds)
         elapsed = time.perf_counter() - started
     finally:

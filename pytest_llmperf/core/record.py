@@ -240,7 +240,8 @@ def judge(
             outcome.status, "was within tolerance: noise")
         pause = f" after waiting {waited:.1f} s for the machine to quieten" if busy else ""
         outcome.notes.append(f"first measurement {first}; a second measurement{pause} {verdict}")
-    _judge_disturbance(record, outcome, reference)
+    if not update:
+        _judge_disturbance(record, outcome, reference)
     outcome.measured = record.metrics
     outcome.all_samples = {name: list(s) for part in record.parts for name, s in part.samples.items()}
     outcome.gated = record.gated
