@@ -38,6 +38,9 @@ if not getattr(quality.QualitySampler, "_test_patched", False):
         speed = os.environ.get("LLMPERF_TEST_SPEED")
         if speed is not None:
             self.figures["machine_speed"] = float(speed)
+        # The rest of the machine's state is pinned too: a busy test machine must not decide these tests.
+        self.figures["runqueue_wait"] = 0.0
+        self.figures["steal_pct"] = 0.0
 
     quality.QualitySampler.__exit__ = fake_exit
     quality.QualitySampler._test_patched = True
@@ -284,7 +287,9 @@ def test_threads_default_to_half_the_cores_and_warn_beyond_the_free_ones(
         assert built.describe()["engine_config"]["n_threads_batch"] == expected
     finally:
         built.close()
-    monkeypatch.setattr(quality, "_free_cores", [0.4])
+    from pytest_llmperf.core import hardware
+
+    monkeypatch.setattr(hardware, "_free_cores", [0.4])
     crowded = create_engine("llama_cpp", {"model": "q4_k_m", "n_ctx": 128, "n_threads": 2})
     try:
         assert any("n_threads=2 but only 0.4 of" in warning for warning in crowded.warnings)  # type: ignore[attr-defined]

@@ -243,7 +243,7 @@ from pytest_llmperf import Workload
 @pytest.mark.perf
 def test_memory(engine_factory, llmperf):
     engine = engine_factory("llama_cpp", n_threads=2, n_ctx=256)
-    workload = Workload(n_prompt=16, n_predict=8, requests=2, warmup=1, repetitions=1)
+    workload = Workload(n_prompt=16, n_predict=8, requests=2, warmup=1, repetitions=1, max_repetitions=1)
     result = llmperf.measure(engine, workload, gate=["completion_tok_s", "mem_max_gib"], track_gpu=True)
     print("MEASURED", result.mem_max_gib, result.mem_gpu0_gib, result.gpu_j_per_token)
 """

@@ -107,7 +107,7 @@ def test_the_json_report_holds_every_measured_metric(pytester: pytest.Pytester) 
         @pytest.mark.perf
         def test_one(engine_factory, llmperf):
             engine = engine_factory("llama_cpp", model="q4_k_m", n_threads=1, n_ctx=256)
-            llmperf.measure(engine, Workload(n_prompt=8, n_predict=8, requests=2, repetitions=2),
+            llmperf.measure(engine, Workload(n_prompt=8, n_predict=8, requests=2, repetitions=2, max_repetitions=2),
                             gate=["completion_tok_s"])
         """
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,3 +217,44 @@ def worker_environment(worker_id: str, worker_count: int, setting: str) -> dict[
     mine = worker_devices(devices, index, worker_count, None if setting == "auto" else int(setting))
     visible = ",".join(device.uuid for device in mine)
     return {"CUDA_VISIBLE_DEVICES": visible, "LLMPERF_WORKER_GPUS": visible or "none"}
+
+
+#: Clock ticks per second of /proc's CPU times.
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _read_proc_stat() -> str | None:
+    try:
+        return Path("/proc/stat").read_text()
+    except OSError:
+        return None
+
+
+def machine_ticks() -> tuple[int, int, int] | None:
+    """(busy, steal, total) jiffies of all CPUs from the first line of /proc/stat."""
+    text = _read_proc_stat()
+    if not text:
+        return None
+    fields = [int(value) for value in text.split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    # guest time is already counted in user; steal is neither busy nor idle for this guest.
+    return user + nice + system + irq + softirq, steal, user + nice + system + idle + iowait + irq + softirq + steal
+
+
+_free_cores: list[float | None] = []
+
+
+def free_cores(window_s: float = 0.5) -> float | None:
+    """Cores the rest of the machine left idle over ``window_s``, measured once per process (the start of the
+    run); None where /proc/stat is missing."""
+    if not _free_cores:
+        start = machine_ticks()
+        time.sleep(window_s)
+        end = machine_ticks()
+        cores = os.cpu_count() or 1
+        if start is None or end is None:
+            _free_cores.append(None)
+        else:
+            busy = (end[0] - start[0]) / TICK / window_s
+            _free_cores.append(max(cores - busy, 0.0))
+    return _free_cores[0]

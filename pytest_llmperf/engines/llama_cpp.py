@@ -73,7 +73,7 @@ def default_threads() -> int:
 def _thread_defaults(config: dict[str, Any]) -> list[str]:
     """Fill in ``n_threads`` (``default_threads``) and ``n_threads_batch`` (= ``n_threads``; llama-cpp-python
     would take every core for prompt processing); a warning when the threads exceed the cores free now."""
-    from pytest_llmperf.measure.quality import free_cores
+    from pytest_llmperf.core.hardware import free_cores
 
     if config.get("n_threads") is None:
         config["n_threads"] = default_threads()

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_llmperf.core.disturbance import QUALITY_FIGURES, disturbance
+from pytest_llmperf.core.hardware import TICK, machine_ticks
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PROC = Path("/proc")
 
 def _read(path: Path) -> str | None:
@@ -40,17 +40,6 @@ def _read(path: Path) -> str | None:
         return path.read_text()
     except OSError:
         return None
-
-
-def _machine_ticks() -> tuple[int, int, int] | None:
-    """(busy, steal, total) jiffies of all CPUs from the first line of /proc/stat."""
-    text = _read(_PROC / "stat")
-    if not text:
-        return None
-    fields = [int(value) for value in text.split("\n", 1)[0].split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    # guest time is already counted in user; steal is neither busy nor idle for this guest.
-    return user + nice + system + irq + softirq, steal, user + nice + system + idle + iowait + irq + softirq + steal
 
 
 @dataclass(frozen=True)
@@ -68,7 +57,7 @@ def _process_ticks(pid: int) -> _ProcessTicks | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     # utime stime cutime cstime are fields 14-17 of proc(5); fields[0] here is field 3 (state).
-    cpu_s = sum(int(value) for value in fields[11:15]) / _TICK
+    cpu_s = sum(int(value) for value in fields[11:15]) / TICK
     wait_s, involuntary = 0.0, 0
     try:
         tids = os.listdir(_PROC / str(pid) / "task")
@@ -132,14 +121,14 @@ class QualitySampler:
     def __enter__(self) -> QualitySampler:
         self._speed_before = _reference_speed(fresh=False) if self.reference else None
         self._start = time.perf_counter()
-        self._machine = _machine_ticks()
+        self._machine = machine_ticks()
         self._own = _process_ticks(os.getpid())
         self._engine_start = self._engine()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         wall = time.perf_counter() - self._start
-        machine, own, engine = _machine_ticks(), _process_ticks(os.getpid()), self._engine()
+        machine, own, engine = machine_ticks(), _process_ticks(os.getpid()), self._engine()
         if wall <= 0 or not engine or not self._engine_start:
             return
         # Processes that started or ended meanwhile (a server's helper) count from what was seen of them.
@@ -158,7 +147,7 @@ class QualitySampler:
             if own is not None and self._own is not None and os.getpid() not in engine:
                 ours += own.cpu_s - self._own.cpu_s
             # /proc/stat and the process counters tick separately: small negatives are rounding.
-            figures["others_cores"] = max(busy / _TICK - ours, 0.0) / wall
+            figures["others_cores"] = max(busy / TICK - ours, 0.0) / wall
             figures["steal_pct"] = steal / total * 100 if total > 0 else 0.0
         after = _reference_speed(fresh=True) if self.reference else None
         if after is not None and self._speed_before is not None:
@@ -187,25 +176,6 @@ def _reference_speed(fresh: bool) -> float:
     speed = reference_speed()
     _last_speed[:] = [(time.perf_counter(), speed)]
     return speed
-
-
-_free_cores: list[float | None] = []
-
-
-def free_cores(window_s: float = 0.5) -> float | None:
-    """Cores the rest of the machine left idle over ``window_s``, measured once per process (the start of the
-    run); None where /proc/stat is missing."""
-    if not _free_cores:
-        start = _machine_ticks()
-        time.sleep(window_s)
-        end = _machine_ticks()
-        cores = os.cpu_count() or 1
-        if start is None or end is None:
-            _free_cores.append(None)
-        else:
-            busy = (end[0] - start[0]) / _TICK / window_s
-            _free_cores.append(max(cores - busy, 0.0))
-    return _free_cores[0]
 
 
 def wait_until_quiet(reference: dict[str, float | None] | None, limit_s: float, window_s: float = 1.0) -> float:
