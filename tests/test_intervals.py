@@ -112,6 +112,8 @@ def test_disturbance_is_relative_to_the_baselines_quality() -> None:
     assert disturbance(neighbour, reference={"others_cores": 0.95}) is None  # recorded beside it too
     preempted = {**quiet, "runqueue_wait": 0.4}
     assert "waited for a core 40%" in (disturbance(preempted) or "")
+    server = {**quiet, "runqueue_wait": 0.09}  # a server and its client share the cores: not a disturbance
+    assert disturbance(server, reference={"runqueue_wait": 0.08}) is None
     slow_host = {**quiet, "machine_speed": 200.0}
     assert disturbance(slow_host) is None  # no reference: nothing to compare the host's speed with
     assert "33% slower" in (disturbance(slow_host, reference={"machine_speed": 300.0}) or "")

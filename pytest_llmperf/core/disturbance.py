@@ -1,7 +1,9 @@
 """When a measurement was disturbed: the rule on ``measure/quality.py``'s figures, and the words for it.
 
-A repetition is disturbed when the engine's threads waited for a core ``MAX_RUNQUEUE_WAIT`` of the time or
-more, when the hypervisor stole ``MAX_STEAL_PCT`` of the CPU or more, when the other processes of the machine
+A repetition is disturbed when the engine's threads waited for a core ``MAX_RUNQUEUE_WAIT`` of the time more
+than while the baseline was recorded (a launched server's threads and its client share the cores: they waited
+8-9% of the time on a quiet machine here; an in-process engine under 3%; a 2-thread engine beside a neighbour
+70-100%), when the hypervisor stole ``MAX_STEAL_PCT`` of the CPU or more, when the other processes of the machine
 used ``MAX_EXTRA_OTHERS_CORES`` more cores than while the baseline was recorded, or when the machine itself ran
 ``MAX_MACHINE_DRIFT`` slower or faster than then (the reference loop of ``measure/quality.py``).
 
@@ -24,7 +26,7 @@ QUALITY_FIGURES = (
     "runqueue_wait", "involuntary_switches_s", "cpu_share", "others_cores", "steal_pct", "machine_speed"
 )
 
-MAX_RUNQUEUE_WAIT = 0.05
+MAX_RUNQUEUE_WAIT = 0.15
 MAX_STEAL_PCT = 5.0
 MAX_EXTRA_OTHERS_CORES = 0.5
 #: ... or the reference loop ran this much slower or faster than while the baseline was recorded: the machine
@@ -52,7 +54,7 @@ def disturbance(figures: Figures, reference: Figures | None = None) -> str | Non
     the baseline was recorded with."""
     reasons = []
     wait = figures.get("runqueue_wait")
-    if wait is not None and wait >= MAX_RUNQUEUE_WAIT:
+    if wait is not None and wait - ((reference or {}).get("runqueue_wait") or 0.0) >= MAX_RUNQUEUE_WAIT:
         reasons.append(f"engine threads waited for a core {wait * 100:.0f}% of the time")
     steal = figures.get("steal_pct")
     if steal is not None and steal >= MAX_STEAL_PCT:
