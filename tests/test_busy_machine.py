@@ -295,3 +295,32 @@ def test_threads_default_to_half_the_cores_and_warn_beyond_the_free_ones(
         assert any("n_threads=2 but only 0.4 of" in warning for warning in crowded.warnings)  # type: ignore[attr-defined]
     finally:
         crowded.close()
+
+
+def test_a_busy_machine_excuses_a_slower_speed_but_no_memory_regression(tmp_path: Path) -> None:
+    """Plain Python, through ``core/record.judge``: other processes took 1.5 cores during every repetition."""
+    from pytest_llmperf.core.baseline import Baseline, MetricRecord, baseline_path, record_baseline
+    from pytest_llmperf.core.check import Status
+    from pytest_llmperf.core.fingerprint import environment
+    from pytest_llmperf.core.record import Part, TestRecord, judge
+    from pytest_llmperf.core.tolerance import DEFAULT_TOLERANCES, ToleranceTable
+
+    test = "test_t.py::test_t"
+    described = environment("llama_cpp")
+    stored = {"completion_tok_s": MetricRecord(100.0, [100.0] * 6), "rss_peak_gib": MetricRecord(1.0, [1.0] * 6)}
+    record_baseline(baseline_path(tmp_path, test), Baseline(test, stored, described, {}, None, {"others_cores": 0.0}))
+    table = ToleranceTable([("built-in default", DEFAULT_TOLERANCES)])
+
+    def judged(tok_s: float, rss: float):  # type: ignore[no-untyped-def]
+        record = TestRecord(test)
+        gated = ("completion_tok_s", "rss_peak_gib")
+        record.add(Part("measure", {"completion_tok_s": tok_s, "rss_peak_gib": rss}, gated,
+                        {"completion_tok_s": [tok_s] * 6, "rss_peak_gib": [rss] * 6}, fingerprint=described,
+                        quality=[{"others_cores": 1.5}] * 6))
+        return judge(record, tmp_path, table, update=False, confirm=0)
+
+    slower = judged(40.0, 1.0)
+    assert slower.status is Status.NOT_JUDGED and "not judged: machine busy" in slower.message
+    bigger = judged(40.0, 2.0)
+    assert bigger.status is Status.REGRESSED
+    assert [c.metric for c in bigger.regressions] == ["completion_tok_s", "rss_peak_gib"]

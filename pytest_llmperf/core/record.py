@@ -20,7 +20,7 @@ from typing import Any
 from pytest_llmperf.core.check import CheckOutcome, Measurement, Status, check_measurement
 from pytest_llmperf.core.disturbance import MAX_DISTURBED_SHARE, busy_reason, disturbed_share
 from pytest_llmperf.core.tolerance import ToleranceTable
-from pytest_llmperf.core.verdict import Verdict
+from pytest_llmperf.core.verdict import Verdict, speed_power
 from pytest_llmperf.errors import LlmperfError
 
 #: A fresh measurement of one part: every metric (prefixed), its samples, the quality figures of each
@@ -261,16 +261,18 @@ def _summary_of(outcome: CheckOutcome) -> str:
 
 def _judge_disturbance(record: TestRecord, outcome: CheckOutcome, reference: Mapping[str, float | None] | None
                        ) -> None:
-    """A regression or an unsure verdict resting on a disturbed measurement becomes "not judged: machine busy";
-    a pass measured on a busy machine says so (it holds: the numbers were within tolerance even so)."""
+    """A regression or an unsure verdict of a speed metric resting on a disturbed measurement becomes "not judged:
+    machine busy"; a busy machine excuses no memory or accuracy regression, nor one measured undisturbed. A pass
+    measured on a busy machine says so (it holds: the numbers were within tolerance even so)."""
     suspects = _suspects(outcome)
     disturbed = [part for part in record.parts if disturbed_share(part.quality, reference) >= MAX_DISTURBED_SHARE]
     if not disturbed:
         return
     reason = busy_reason([figures for part in disturbed for figures in part.quality], reference)
     outcome.disturbed = reason
-    resting = [part for part in disturbed if suspects & set(part.gated)]
-    if outcome.status in (Status.REGRESSED, Status.NOT_JUDGED) and resting:
+    excused = {name for part in disturbed for name in part.gated if name in suspects and speed_power(name)}
+    standing = [c for c in outcome.regressions if c.metric not in excused]
+    if outcome.status in (Status.REGRESSED, Status.NOT_JUDGED) and excused and not standing:
         shown = "; ".join(c.describe() for c in outcome.comparisons if c.metric in suspects)
         outcome.status = Status.NOT_JUDGED
         outcome.message = f"{outcome.test}: not judged: {reason}; measured: {shown}"

@@ -17,9 +17,10 @@ cannot tell which. ``QualitySampler`` reads what the kernel knows over one repet
   /proc figure shows (a busy sibling hyperthread of another guest). Pure Python on purpose: a reference built on
   the measured library (a llama.cpp decode) would slow down with it after an upgrade and hide the regression.
 
-``core/disturbance.py`` turns the figures into "disturbed" or not, with the reason. None of these figures is a
-gated metric: they go into the report and the baseline's ``quality`` block, never into a verdict of their own.
-Where ``/proc`` is missing (not Linux) every figure is unavailable (None), never 0.
+``core/disturbance.py`` turns the figures into "disturbed" or not, with the reason, and for an engine on this CPU
+the verdict compares only repetitions taken at the baseline's machine speed (``core/verdict.same_machine``).
+None of these figures is a gated metric: they go into the report and the baseline's ``quality`` block. Where
+``/proc`` is missing (not Linux) every ``/proc`` figure is unavailable (None), never 0.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pytest_llmperf.core.disturbance import QUALITY_FIGURES, disturbance
 from pytest_llmperf.core.hardware import TICK, machine_ticks
 
 _PROC = Path("/proc")
+
 
 def _read(path: Path) -> str | None:
     try:
