@@ -20,7 +20,6 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from pytest_llmperf.core.intervals import Interval, paired_interval
 from pytest_llmperf.core.metrics import metric_spec
@@ -163,7 +162,3 @@ def ab_metrics(result: ABResult) -> tuple[dict[str, float | None], dict[str, lis
             samples[ratio_name(result.labels, name)] = ratios
     return metrics, samples
 
-
-def describe_engines(result: ABResult) -> dict[str, Any]:
-    """Both engines' descriptions, for the fingerprint (``parts`` by label)."""
-    return {result.labels[0]: result.a.engine, result.labels[1]: result.b.engine}

@@ -12,13 +12,13 @@ from pytest_llmperf.core.verdict import LEVEL
 from pytest_llmperf.reports.table import align
 
 _RATIO = re.compile(r"^(?P<b>[A-Za-z][A-Za-z0-9_-]*)_vs_(?P<a>[A-Za-z][A-Za-z0-9_-]*)\.(?P<metric>.+)$")
-HEADER = ("metric", "A", "B", "B-A", "change %", "B/A [interval]")
 
 
 def ab_cells(
     measured: Mapping[str, float | None], samples: Mapping[str, Sequence[float]]
 ) -> dict[tuple[str, str], list[tuple[str, ...]]]:
-    """``(A, B) -> rows`` (columns as ``HEADER``) for every A/B pair of labels in one test's metrics."""
+    """``(A, B) -> rows`` (metric, A, B, B - A, change %, B/A [interval]) for every A/B pair of labels in one
+    test's metrics."""
     tables: dict[tuple[str, str], list[tuple[str, ...]]] = {}
     for name in sorted(measured):
         match = _RATIO.match(name)
