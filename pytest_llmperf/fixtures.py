@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -50,6 +50,17 @@ def tolerance_table(item: pytest.Item, session: LlmperfSession) -> ToleranceTabl
     table = marker_tolerances([(marker.args, marker.kwargs) for marker in markers], item.nodeid)
     return session.tolerances.with_layer(f"marker perf_tolerance on {item.nodeid}", table) if table else \
         session.tolerances
+
+
+def study_of(item: pytest.Item, session: LlmperfSession) -> dict[str, Any] | None:
+    """The study ``item`` is a point of (``core/studies.point_info``), None when it has no ``perf_study`` marker."""
+    from pytest_llmperf.core.studies import point_info, study_id
+
+    if (marker := item.get_closest_marker("perf_study")) is None:
+        return None
+    spec = getattr(item, "callspec", None)
+    return point_info(item.nodeid, marker.kwargs, spec.params if spec else {}, spec.indices if spec else {},
+                      session.study_sizes.get(study_id(item.nodeid), 1))
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from pytest_llmperf.fixtures import (  # noqa: F401  (fixtures are found as this
     nvml_tracker,
     record_key,
     session_key,
+    study_of,
     tolerance_table,
     warn_at,
 )
@@ -92,14 +93,27 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Before -m/-k deselect anything: baseline files of wholly collected modules that no collected test owns
-    (``--lf`` collects parts of modules: nothing is judged then)."""
+    """Before -m/-k deselect anything: every study's points, and baseline files of wholly collected modules that
+    no collected test owns (``--lf`` collects parts of modules: nothing is judged then)."""
     from pytest_llmperf.core.baseline import stale_in_whole_modules
+    from pytest_llmperf.core.studies import study_sizes
 
-    if (llmperf_session := config.stash.get(session_key, None)) is not None and not config.getoption("lf", False):
+    if (llmperf_session := config.stash.get(session_key, None)) is None:
+        return
+    llmperf_session.study_sizes = study_sizes(item.nodeid for item in items if item.get_closest_marker("perf_study"))
+    if not config.getoption("lf", False):
         whole = [Path(config.invocation_params.dir, arg).resolve() for arg in config.args if "::" not in arg]
         tests = [(item.nodeid, item.path.resolve()) for item in items]
         llmperf_session.stale.update(stale_in_whole_modules(llmperf_session.baseline_dir, tests, whole))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Progress of long measurements on a terminal: not under -q, not piped, not on an xdist worker."""
+    from pytest_llmperf.core import progress
+
+    plugins = session.config.pluginmanager
+    progress.install_on_terminal(plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager"),
+                                 quiet=session.config.get_verbosity() < 0 or hasattr(session.config, "workerinput"))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -126,6 +140,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         check_markers([(m.name, m.args, m.kwargs) for m in item.iter_markers()], registered, item.nodeid)
         if session is not None:
             tolerance_table(item, session)
+            if (study := study_of(item, session)) is not None:
+                from pytest_llmperf.core import progress
+
+                progress.set_context(f"point {study['label']} of {study['size']} · ")
         gpu = item.get_closest_marker("gpu")
         missing = missing_gpus(*gpu_requirement(gpu.args, gpu.kwargs, item.nodeid)) if gpu else None
     except LlmperfError as error:
@@ -183,6 +201,7 @@ def _judge(item: pytest.Function, record: TestRecord, passed: bool) -> None:
         raise pytest.fail.Exception(str(error), pytrace=False) from None
     finally:
         session.scaling.extend(results[-1] for results in record.scaling)
+    outcome.study = study_of(item, session)
     session.outcomes.append(outcome)
     item.user_properties += [(f"llmperf.{name}", value) for name, value in outcome.measured.items()]
     item.user_properties.append(("llmperf.status", outcome.status.value))
@@ -202,6 +221,10 @@ def _judge(item: pytest.Function, record: TestRecord, passed: bool) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     """An LlmperfError from a measuring call fails the test with its message alone (it names what is wrong)."""
     report = yield
+    if call.when == "call":
+        from pytest_llmperf.core import progress
+
+        progress.done()
     if call.excinfo is not None and call.excinfo.errisinstance(LlmperfError) and report.failed:
         report.longrepr = str(call.excinfo.value)
     return report
@@ -216,6 +239,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         config.workeroutput.update(worker_output(llmperf_session))  # type: ignore[attr-defined]
         return
+    if llmperf_session.outcomes:  # studies are judged as a whole, once every worker's points are in
+        from pytest_llmperf.core.studies import judge_session
+
+        if judge_session(llmperf_session) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if llmperf_session.outcomes or llmperf_session.report is not None:
         from pytest_llmperf.reports.files import write_reports
 

@@ -102,4 +102,5 @@ def test_only_the_pytest_layer_imports_pytest_or_the_plugin(module: str) -> None
 
 def test_the_pytest_layer_is_small() -> None:
     lines = {name: len((PACKAGE / f"{name.rsplit('.', 1)[1]}.py").read_text().splitlines()) for name in PYTEST_LAYER}
-    assert sum(lines.values()) <= 360, lines
+    # 360 until studies and progress added their wiring (markers, collection counts, the session's verdict).
+    assert sum(lines.values()) <= 400, lines

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pytest_llmperf.core.workload import Request, Workload
@@ -97,3 +102,13 @@ def test_user_logits_processor_runs_and_eos_stays_suppressed() -> None:
         engine.close()
     assert len(calls) == 12  # the user's processor saw every token
     assert record.output_tokens == 12  # and EOS suppression, applied after it, still held
+
+
+def test_warm_up_builds_the_model_on_an_empty_cache(tmp_path: Path) -> None:
+    # warm_up once built the model inside its silenced block, and the quantiser silences output too: the
+    # (non-reentrant) lock deadlocked the first perf test on a machine with an empty model cache.
+    code = "from pytest_llmperf.engines.llama_cpp import warm_up; warm_up(); print('warm')"
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LLMPERF_CACHE_DIR": str(tmp_path)},
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.stdout.strip() == "warm", result.stderr[-2000:]
+    assert list(tmp_path.rglob("*q4_k_m*.gguf"))

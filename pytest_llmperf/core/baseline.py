@@ -185,6 +185,13 @@ def baseline_path(baseline_dir: Path, nodeid: str) -> Path:
     return path
 
 
+def study_path(baseline_dir: Path, study: str) -> Path:
+    """The file of a study's operating point (``core/studies.py``): ``<test function>.study.json`` beside its
+    points' baseline files; ``study`` is the node id without the parameter part."""
+    path = baseline_path(baseline_dir, study)
+    return path.with_name(path.name.removesuffix(".json") + ".study.json")
+
+
 def _require(condition: bool, where: Path | str, message: str) -> None:
     if not condition:
         raise BaselineError(f"{where}: {message}")
@@ -344,7 +351,7 @@ def record_baseline(path: Path, entry: Baseline) -> BaselineFile:
         with machine_lock(f"baselines:{path.parent.resolve()}"):
             _remove_stale_temporaries(path.parent)
             merged = merge_entry(updatable_document(path, entry.test), entry)
-            _replace(path, json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n")
+            write_atomically(path, json.dumps(merged, indent=2, sort_keys=True, allow_nan=False) + "\n")
     except OSError as error:
         raise BaselineError(
             f"{path}: cannot write the baseline ({error.strerror or error}); check that the baseline directory "
@@ -409,7 +416,7 @@ def _remove_stale_temporaries(directory: Path) -> None:
             candidate.unlink(missing_ok=True)
 
 
-def _replace(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically: temp file in the same directory, fsync, rename."""
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -441,11 +448,11 @@ def stale_in_whole_modules(baseline_dir: Path, tests: list[tuple[str, Path]], wh
     lies in or under a path of ``whole`` (what pytest was given without ``::``). A test selected by node id says
     nothing about its module's other tests; a node id that cannot have a baseline makes nothing stale."""
     try:
-        expected = {
-            baseline_path(baseline_dir, nodeid)
-            for nodeid, module in tests
-            if "::" in nodeid and any(root == module or root in module.parents for root in whole)
-        }
+        owned = [nodeid for nodeid, module in tests
+                 if "::" in nodeid and any(root == module or root in module.parents for root in whole)]
+        # A parametrized test may be a study's point: its study file is owned while the function is collected.
+        expected = {baseline_path(baseline_dir, nodeid) for nodeid in owned}
+        expected |= {study_path(baseline_dir, nodeid.split("[", 1)[0]) for nodeid in owned if "[" in nodeid}
     except LlmperfError:
         return []
     return stale_baselines(expected)

@@ -68,6 +68,10 @@ class CheckOutcome:
     #: Warnings the test itself must raise (a baseline recorded from doubtful repetitions, a pass measured on a
     #: busy machine); also in ``warnings``, for the reports.
     alerts: list[str] = field(default_factory=list)
+    #: Standard errors of the measured metrics that have one (accuracy), gated or not.
+    stderr: dict[str, float | None] = field(default_factory=dict)
+    #: The test is a point of a study (``core/studies.py``): its study id, rule, knob values and the study's size.
+    study: dict[str, Any] | None = None
 
     @property
     def unjudged(self) -> list[MetricComparison]:

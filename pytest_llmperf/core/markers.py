@@ -1,4 +1,5 @@
-"""The plugin's markers, checked without pytest: ``perf``, ``perf_tolerance(...)``, ``gpu(...)`` (``core/hardware``).
+"""The plugin's markers, checked without pytest: ``perf``, ``perf_tolerance(...)``, ``gpu(...)`` (``core/hardware``),
+``perf_study(...)`` (``core/study``).
 
 Each check takes a marker's name, args and kwargs and raises an ``LlmperfError`` naming the test and the value.
 """
@@ -15,6 +16,8 @@ MARKERS = {
     "perf": "a performance test (select with `pytest -m perf`)",
     "perf_tolerance": "perf_tolerance(patterns=None, **metric_tolerances): per-metric tolerances for this test",
     "gpu": "gpu(count=1, min_vram_gib=None): needs GPUs; skipped without them (strict: failed)",
+    "perf_study": "perf_study(axis, maximise=|minimise=, constraints=[...], accuracy_within=None, plateau=None, "
+                  "tie=0.01, fail_on_change=False): the parametrized points form one study with an operating point",
 }
 
 
@@ -27,6 +30,12 @@ def check_markers(markers: Iterable[tuple[str, tuple[Any, ...], Mapping[str, Any
         if name not in registered and close:
             raise LlmperfError(f"{where}: unknown marker {name!r}; did you mean {close[0]!r}? (its settings would "
                                "not apply)")
+        if name == "perf_study":
+            from pytest_llmperf.core.study import parse_study
+
+            if args:
+                raise LlmperfError(f"{where}: perf_study takes keywords only (axis=..., maximise=...), got {args!r}")
+            parse_study(kwargs, where)
         if name == "perf" and (args or kwargs):
             raise LlmperfError(f"{where}: the perf marker takes no arguments, got {args or ''}{kwargs or ''}; put "
                                "tolerances in perf_tolerance(...)")

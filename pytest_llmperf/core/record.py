@@ -245,6 +245,7 @@ def judge(
     outcome.measured = record.metrics
     outcome.all_samples = {name: list(s) for part in record.parts for name, s in part.samples.items()}
     outcome.gated = record.gated
+    outcome.stderr = {name: e for part in record.parts for name, e in part.stderr.items() if e is not None}
     return outcome
 
 

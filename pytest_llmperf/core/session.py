@@ -70,6 +70,10 @@ class LlmperfSession:
     stale: set[Path] = field(default_factory=set)
     #: ``measure.scaling.ScalingResult`` of every scaling call, for the end-of-session tables.
     scaling: list[Any] = field(default_factory=list)
+    #: Points collected per study (before -k/-m deselect them: a partly selected study chooses nothing).
+    study_sizes: dict[str, int] = field(default_factory=dict)
+    #: ``core.studies.StudyResult`` of every study, judged at the end of the session (controller only).
+    studies: list[Any] = field(default_factory=list)
     #: Problems of the session itself (a report that could not be written), printed in the summary.
     errors: list[str] = field(default_factory=list)
 

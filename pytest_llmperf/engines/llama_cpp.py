@@ -101,9 +101,9 @@ def warm_up() -> None:
         return
     import llama_cpp
 
+    path = default_model_path("q4_k_m")  # (outside the silenced block: building the model silences the quantiser)
     with native_output_silenced():
-        llm = llama_cpp.Llama(model_path=str(default_model_path("q4_k_m")), n_ctx=256, n_threads=1, n_threads_batch=1,
-                              verbose=False)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False)
     try:
         llm.eval([llm.token_bos(), 300, 301, 302])
     finally:
@@ -120,6 +120,25 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+#: KV-cache types llama.cpp takes for ``type_k`` / ``type_v`` (by name; a quantised V cache needs flash_attn).
+CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+
+def _cache_types(llama_cpp: Any, config: dict[str, Any]) -> dict[str, int]:
+    """``type_k="q8_0"`` as the ggml type number ``llama_cpp.Llama`` takes (the config keeps the name, so the
+    fingerprint and a study's axis read ``q8_0``, not ``8``)."""
+    numbers = {}
+    for knob in ("type_k", "type_v"):
+        name = config.get(knob)
+        if isinstance(name, str):
+            number = getattr(llama_cpp, f"GGML_TYPE_{name.upper()}", None)
+            if name.lower() not in CACHE_TYPES or number is None:
+                raise EngineError(f"llama_cpp engine knob {knob}={name!r}: not a KV-cache type; use one of "
+                                  f"{', '.join(CACHE_TYPES)} (or a ggml type number)")
+            numbers[knob] = int(number)
+    return numbers
 
 
 class LlamaCppEngine:
@@ -150,9 +169,10 @@ class LlamaCppEngine:
         self.warnings = _thread_defaults(self.engine_config)
         self.sampling = {**_SAMPLING_DEFAULTS, **{k: v for k, v in knobs.items() if k in sampling_knobs}}
         quiet = native_output_silenced() if not self.engine_config.get("verbose") else contextlib.nullcontext()
+        arguments = {**self.engine_config, **_cache_types(llama_cpp, self.engine_config)}
         try:
             with quiet:  # llama.cpp warns past verbose=False (n_ctx_seq > n_ctx_train); verbose=True shows all
-                self._llm = llama_cpp.Llama(model_path=str(self.model_path), **self.engine_config)
+                self._llm = llama_cpp.Llama(model_path=str(self.model_path), **arguments)
         except (ValueError, RuntimeError, TypeError) as error:
             raise EngineError(
                 f"llama.cpp could not load {self.model_path} with {self.engine_config}: {error}"

@@ -22,6 +22,8 @@ from lm_eval import utils as lm_eval_utils
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 
+from pytest_llmperf.core import progress
+
 
 def _log_softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     shifted = logits.astype(np.float64) - float(np.max(logits))
@@ -91,7 +93,8 @@ class LlamaCppLM(TemplateLM):  # type: ignore[misc]
         self, requests: list[tuple[tuple[str, str], list[int], list[int]]], disable_tqdm: bool = False, **_: Any
     ) -> list[tuple[float, bool]]:
         results = []
-        for cache_key, context, continuation in requests:
+        for done, (cache_key, context, continuation) in enumerate(requests):
+            progress.report(f"lm-eval loglikelihood {done + 1}/{len(requests)}")
             result = self._score(context, continuation)
             self.cache_hook.add_partial("loglikelihood", cache_key, result)
             results.append(result)
@@ -117,7 +120,8 @@ class LlamaCppLM(TemplateLM):  # type: ignore[misc]
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         results = []
-        for request in requests:
+        for done, request in enumerate(requests):
+            progress.report(f"lm-eval generate_until {done + 1}/{len(requests)}")
             context, gen_kwargs = request.args
             kwargs = dict(gen_kwargs)
             until = kwargs.pop("until", None) or []

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_llmperf.core import progress
 from pytest_llmperf.core.metrics import MIN_SAMPLES_FOR_P99, compute_metrics
 from pytest_llmperf.core.workload import Request, RequestRecord, Workload
 from pytest_llmperf.engines import Engine
@@ -112,6 +113,8 @@ def run_workload(
         per_repetition.append(metrics)
         quality.append(sampler.figures)
         all_records.extend(records)
+        progress.report(f"repetition {repetition + 1}" + (f" (at most {most})" if stop is not None else f"/{most}"),
+                        force=True)
         if stop is None or repetition + 1 < workload.repetitions:
             continue
         if stop(_samples(per_repetition), [figures.get("machine_speed") for figures in quality]):

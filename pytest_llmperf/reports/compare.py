@@ -1,32 +1,200 @@
-"""``python -m pytest_llmperf compare``: a before/after table of two JSON reports."""
+"""``python -m pytest_llmperf compare``: runs side by side (two or more JSON reports), and one report's A/B tables.
+
+Per metric: each run's value, then for every later run its difference from the first and the change in % (three
+decimals: -4.960, not -5.0), and a mark that knows what the gate knows: a change within the metric's tolerance
+(the one the report gated it with, else the built-in default) is "within tolerance", beyond it "better" or
+"worse" by the metric's direction. The fingerprint differences of each later run from the first are listed under
+the table.
+"""
 
 from __future__ import annotations
 
-from pytest_llmperf.core.metrics import format_value
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.core.metrics import metric_spec
 from pytest_llmperf.reports.table import align
 
-
-def compare_reports(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> list[str]:
-    """A before/after table: per metric both values, after - before, the change in %, better or worse."""
-    from pytest_llmperf.core.metrics import metric_spec
-
-    header = ("test", "metric", "before", "after", "after-before", "change %", "")
-    rows = []
-    for key in sorted(set(before) | set(after)):
-        test, metric = key
-        old, new = before.get(key), after.get(key)
-        if old is None or new is None:
-            rows.append((test, metric, format_value(old), format_value(new), "-", "-", "only in one"))
-            continue
-        difference = new - old
-        percent = f"{difference / abs(old) * 100:+.1f}" if old else "-"
-        better = difference > 0 if metric_spec(metric).direction == "higher" else difference < 0
-        mark = "" if difference == 0 else "better" if better else "worse"
-        rows.append((test, metric, format_value(old), format_value(new), f"{difference:+.4g}", percent, mark))
-    return align([header, *rows], numeric={2, 3, 4, 5})
+Key = tuple[str, str]
 
 
-def ab_report(report: dict[tuple[str, str], tuple[float, list[float]]]) -> list[str]:
+@dataclass
+class Run:
+    """One JSON report, as compare reads it."""
+
+    label: str
+    values: dict[Key, float]
+    tolerances: dict[Key, str] = field(default_factory=dict)
+    stderr: dict[Key, float] = field(default_factory=dict)
+    fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def labels_of(paths: Sequence[Path]) -> list[str]:
+    """Short distinct names of the reports: file stems, with the folder when two stems are alike."""
+    stems = [path.stem for path in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    longer = [f"{path.parent.name}/{path.stem}" for path in paths]
+    return longer if len(set(longer)) == len(longer) else [f"{i + 1}:{stem}" for i, stem in enumerate(stems)]
+
+
+def value_text(value: float | None) -> str:
+    """A run's value with six significant digits (the table's differences are computed from these)."""
+    return "-" if value is None else f"{value:.6g}"
+
+
+def percent(change: float) -> str:
+    """A change in % with three decimals (-4.960, -0.098); a smaller non-zero one in two significant digits."""
+    if change != 0 and abs(change) < 0.0005:
+        return f"{change:+.1e}"
+    return f"{change:+.3f}"
+
+
+@dataclass(frozen=True)
+class Change:
+    difference: float
+    percent: float | None
+    mark: str  # "same", "within tolerance", "better", "worse"
+
+
+def change_of(key: Key, old: float, new: float, tolerance_text: str | None, stderr: float | None) -> Change:
+    """``new`` against ``old`` under the metric's tolerance (``tolerance_text``, else the built-in default)."""
+    from pytest_llmperf.core.tolerance import DEFAULT_TOLERANCES, ToleranceTable, parse_tolerance
+    from pytest_llmperf.errors import LlmperfError
+
+    metric = key[1]
+    spec = metric_spec(metric)
+    difference = new - old
+    pct = difference / abs(old) * 100 if old else None
+    if difference == 0:
+        return Change(0.0, pct, "same")
+    try:
+        tolerance = parse_tolerance(tolerance_text, spec, "the report") if tolerance_text else \
+            ToleranceTable([("built-in default", DEFAULT_TOLERANCES)]).for_metric(metric)
+        allowed: float | None = tolerance.allowed(old, stderr)
+    except LlmperfError:
+        allowed = None  # (a stderr tolerance without a stderr: no band to be within)
+    if allowed is not None and abs(difference) <= allowed:
+        return Change(difference, pct, "within tolerance")
+    better = difference > 0 if spec.direction == "higher" else difference < 0
+    return Change(difference, pct, "better" if better else "worse")
+
+
+def compare_runs(runs: Sequence[Run]) -> tuple[list[str], list[str]]:
+    """The table lines (then the fingerprint differences) and the regressions beyond tolerance, as
+    ``"test metric: run a -> run b ..."`` lines (for ``--fail-on-regression``)."""
+    first, later = runs[0], runs[1:]
+    if len(runs) == 2:
+        header: tuple[str, ...] = ("test", "metric", first.label, later[0].label, "difference", "change %", "")
+    else:
+        header = ("test", "metric", *(run.label for run in runs),
+                  *(f"{cell} {run.label}" for run in later for cell in ("diff", "%", "mark")))
+    rows, regressions = [], []
+    for key in sorted(set().union(*(run.values for run in runs))):
+        values = [run.values.get(key) for run in runs]
+        cells = [*key, *(value_text(value) for value in values)]
+        for run, value in zip(later, values[1:], strict=True):
+            old = values[0]
+            if old is None or value is None or not (math.isfinite(old) and math.isfinite(value)):
+                cells += ["-", "-", "only in one" if (old is None) != (value is None) else "-"]
+                continue
+            stderr = _combined(first.stderr.get(key), run.stderr.get(key))
+            change = change_of(key, old, value, run.tolerances.get(key) or first.tolerances.get(key), stderr)
+            cells += [f"{change.difference:+.4g}" if change.difference else "0",
+                      "-" if change.percent is None else percent(change.percent) if change.difference else "0.000",
+                      "" if change.mark == "same" else change.mark]
+            if change.mark == "worse":
+                shown = "" if change.percent is None else f" ({percent(change.percent)} %)"
+                regressions.append(f"{key[0]} {key[1]}: {first.label} {value_text(old)} -> {run.label} "
+                                   f"{value_text(value)}{shown}")
+        rows.append(tuple(cells))
+    numeric = set(range(2, len(header))) - ({6} if len(runs) == 2 else set(range(len(runs) + 4, len(header), 3)))
+    lines = align([header, *rows], numeric=numeric)
+    for run in later:
+        changes = fingerprint_changes(first, run)
+        if changes:
+            lines += ["", f"fingerprint changes {first.label} -> {run.label}:", *[f"  {line}" for line in changes]]
+    return lines, regressions
+
+
+def _combined(a: float | None, b: float | None) -> float | None:
+    return math.hypot(a, b) if a is not None and b is not None else None
+
+
+def fingerprint_changes(before: Run, after: Run) -> list[str]:
+    """What differs between the fingerprints of the tests both runs have; a change every such test shares is
+    listed once, under "every test"."""
+    from pytest_llmperf.core.fingerprint import diff
+
+    shared = sorted(set(before.fingerprints) & set(after.fingerprints))
+    per_test = {test: diff(before.fingerprints[test], after.fingerprints[test]) for test in shared}
+    common = set.intersection(*(set(changes) for changes in per_test.values())) if per_test else set()
+    lines = [f"every test: {change}" for change in sorted(common)] if len(shared) > 1 else []
+    for test, changes in per_test.items():
+        own = [change for change in changes if change not in common or len(shared) == 1]
+        lines += [f"{test}: {change}" for change in own]
+    return lines
+
+
+_THROUGHPUT = ("completion_tok_s", "total_tok_s", "prompt_tok_s")
+_MEMORY = ("mem_max_gib", "mem_mean_gib", "rss_peak_gib")
+#: The figures ``compare --plot`` draws, each when the runs have its metrics.
+RUN_FIGURES = ("throughput", "memory", "accuracy", "change")
+
+
+def draw_runs(runs: Sequence[Run], directory: Path) -> tuple[list[Path], list[str]]:
+    """The before/after figures in ``directory``, and a note for each that the runs' metrics do not allow."""
+    from pytest_llmperf.reports.figures import memory_scale, save
+    from pytest_llmperf.reports.figures.accuracy import accuracy_heatmap
+    from pytest_llmperf.reports.figures.runs import change_chart, grouped_bars
+
+    keys = sorted(set().union(*(run.values for run in runs)))
+    labels = [run.label for run in runs]
+    tests = {test for test, _ in keys}
+
+    def name(key: Key) -> str:
+        return key[1] if len(tests) == 1 else f"{key[0].rsplit('::', 1)[-1]} {key[1]}"
+
+    def values(chosen: Sequence[Key]) -> dict[str, list[float | None]]:
+        return {run.label: [run.values.get(key) for key in chosen] for run in runs}
+
+    figures, notes = {}, []
+    throughput = [key for key in keys if key[1] in _THROUGHPUT]
+    if throughput:
+        figures["throughput"] = grouped_bars("Throughput per run", [name(k) for k in throughput], labels,
+                                             values(throughput), "throughput (tok/s)")
+    memory = [key for key in keys if key[1] in _MEMORY]
+    if memory:
+        factor, unit = memory_scale([v for run in runs for k in memory if (v := run.values.get(k)) is not None])
+        figures["memory"] = grouped_bars("Memory per run (peak and mean)", [name(k) for k in memory], labels,
+                                         values(memory), f"memory ({unit})", factor)
+    accuracy = [key for key in keys if metric_spec(key[1]).unit == "score"]
+    if accuracy:
+        scores = {name(key): [run.values.get(key) for run in runs] for key in accuracy}
+        errors = {name(key): [run.stderr.get(key) for run in runs] for key in accuracy}
+        figures["accuracy"] = accuracy_heatmap("Accuracy per task and run", labels, "run", scores, errors)
+    changed = [key for key in keys if all(key in run.values for run in runs) and runs[0].values[key]]
+    if changed and len(runs) > 1:
+        changes: dict[str, list[float | None]] = {}
+        marks: dict[str, list[str]] = {}
+        for run in runs[1:]:
+            found = [change_of(key, runs[0].values[key], run.values[key],
+                               run.tolerances.get(key) or runs[0].tolerances.get(key),
+                               _combined(runs[0].stderr.get(key), run.stderr.get(key))) for key in changed]
+            changes[run.label] = [c.percent for c in found]
+            marks[run.label] = [c.mark for c in found]
+        figures["change"] = change_chart([name(k) for k in changed], labels[1:], changes, marks)
+    for kind in RUN_FIGURES:
+        if kind not in figures:
+            notes.append(f"{kind}.png not drawn: no {kind} metric in every report" if kind != "change" else
+                         "change.png not drawn: no metric is in every report")
+    return [save(figures[kind], directory / f"{kind}.png") for kind in RUN_FIGURES if kind in figures], notes
+
+
+def ab_report(report: Mapping[Key, tuple[float, list[float]]]) -> list[str]:
     """The A/B tables of one report (``reports/ab.py``), test by test."""
     from pytest_llmperf.reports.ab import render_ab
 

@@ -38,11 +38,14 @@ def write_reports(session: LlmperfSession) -> list[Path]:
     """Write the JSON report and the Markdown beside it (``report_paths``), and append the Markdown to
     $GITHUB_STEP_SUMMARY when it is set."""
     written = []
-    markdown = render_markdown(session.outcomes, session.scaling)
+    if session.report is not None:
+        written += draw_figures(session, report_paths(session.report)[0])
+    markdown = render_markdown(session.outcomes, session.scaling, session.studies)
     if session.report is not None:
         json_file, markdown_file = report_paths(session.report)
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(render_json(session.outcomes, session.scaling, session.root), encoding="utf-8")
+        json_file.write_text(render_json(session.outcomes, session.scaling, session.root, session.studies),
+                             encoding="utf-8")
         markdown_file.write_text(markdown, encoding="utf-8")
         written += [json_file, markdown_file]
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -50,4 +53,29 @@ def write_reports(session: LlmperfSession) -> list[Path]:
         with open(step_summary, "a", encoding="utf-8") as stream:
             stream.write(markdown)
         written.append(Path(step_summary))
+    return written
+
+
+def figures_dir(json_file: Path) -> Path:
+    """Where the study figures go: ``<report stem>-figures/`` beside the JSON report."""
+    return json_file.with_name(f"{json_file.stem}-figures")
+
+
+def draw_figures(session: LlmperfSession, json_file: Path) -> list[Path]:
+    """Each study's PNGs beside the report (their paths, relative to it, go into ``StudyResult.figures``); a
+    study whose figures cannot be drawn says why in its notes."""
+    from pytest_llmperf.reports.figures import available
+    from pytest_llmperf.reports.study import draw_study
+
+    if not session.studies:
+        return []
+    missing = available()
+    written: list[Path] = []
+    for study in session.studies:
+        if missing is not None:
+            study.notes.append(f"figures not drawn: {missing}")
+            continue
+        paths = draw_study(study, figures_dir(json_file))
+        study.figures = [str(path.relative_to(json_file.parent)) for path in paths]
+        written += paths
     return written

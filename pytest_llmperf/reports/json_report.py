@@ -12,9 +12,11 @@ from typing import Any
 from pytest_llmperf.core.check import CheckOutcome, Status
 from pytest_llmperf.core.intervals import Interval
 from pytest_llmperf.core.session import LlmperfSession
+from pytest_llmperf.core.studies import StudyResult
 from pytest_llmperf.core.tolerance import Tolerance
 from pytest_llmperf.core.verdict import MetricComparison, Verdict
 from pytest_llmperf.measure.scaling import ScalingResult
+from pytest_llmperf.reports.compare import Run
 
 REPORT_SCHEMA = 1
 
@@ -37,12 +39,14 @@ def outcome_to_json(outcome: CheckOutcome) -> dict[str, Any]:
             "interval": None if c.interval is None else
             {"estimate": c.interval.estimate, "low": c.interval.low, "high": c.interval.high},
             "sure": c.sure,
+            **({"stderr": outcome.stderr[c.metric]} if c.metric in outcome.stderr else {}),
         }
         for c in outcome.comparisons
     ]
     metrics += [
         {"metric": name, "gated": False, "current": _finite_or_none(value), "verdict": "not gated",
-         "samples": outcome.all_samples.get(name, [])}
+         "samples": outcome.all_samples.get(name, []),
+         **({"stderr": outcome.stderr[name]} if name in outcome.stderr else {})}
         for name, value in sorted(outcome.measured.items())
         if name not in gated
     ]
@@ -60,6 +64,7 @@ def outcome_to_json(outcome: CheckOutcome) -> dict[str, Any]:
         "quality": outcome.quality,
         "baseline_quality": outcome.baseline_quality,
         "disturbed": outcome.disturbed,
+        **({"study": outcome.study} if outcome.study else {}),
     }
 
 
@@ -99,11 +104,14 @@ def outcome_from_json(data: dict[str, Any]) -> CheckOutcome:
     outcome.fingerprint, outcome.workload = dict(data.get("fingerprint", {})), dict(data.get("workload", {}))
     outcome.quality, outcome.baseline_quality = dict(data.get("quality") or {}), data.get("baseline_quality")
     outcome.disturbed = data.get("disturbed")
+    outcome.stderr = {entry["metric"]: entry["stderr"] for entry in data["metrics"] if entry.get("stderr") is not None}
+    outcome.study = data.get("study")
     return outcome
 
 
 def render_json(
-    outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = (), root: Path | None = None
+    outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = (), root: Path | None = None,
+    studies: Sequence[StudyResult] = (),
 ) -> str:
     """The report document; baseline paths relative to ``root`` (the rootdir), so it holds no machine's paths."""
     tests = []
@@ -118,6 +126,8 @@ def render_json(
     document: dict[str, Any] = {"schema": REPORT_SCHEMA, "tests": tests}
     if scaling:
         document["scaling"] = [result.to_json() for result in sorted(scaling, key=lambda r: r.test)]
+    if studies:
+        document["studies"] = [study.to_json() for study in studies]
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
@@ -144,6 +154,27 @@ def load_report(path: Path) -> dict[tuple[str, str], tuple[float, list[float]]]:
         raise LlmperfError(f"cannot read report {path}: {error.strerror}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise LlmperfError(f"{path}: not a pytest-llmperf JSON report ({error})") from None
+
+
+def load_run(path: Path, label: str) -> Run:
+    """A JSON report as ``compare`` reads it: values, the tolerance each gated metric had, stderr, fingerprints."""
+    from pytest_llmperf.errors import LlmperfError
+
+    values = load_report_values(path)  # (checks the file, naming it)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        run = Run(label, values)
+        for test in data["tests"]:
+            run.fingerprints[test["test"]] = dict(test.get("fingerprint") or {})
+            for metric in test["metrics"]:
+                key = (test["test"], metric["metric"])
+                if metric.get("tolerance"):
+                    run.tolerances[key] = str(metric["tolerance"]["text"])
+                if metric.get("stderr") is not None:
+                    run.stderr[key] = float(metric["stderr"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise LlmperfError(f"{path}: not a pytest-llmperf JSON report ({error})") from None
+    return run
 
 
 def worker_output(session: LlmperfSession) -> dict[str, Any]:

@@ -10,11 +10,13 @@ from collections.abc import Sequence
 
 from pytest_llmperf.core.check import CheckOutcome, Status
 from pytest_llmperf.core.metrics import format_value
+from pytest_llmperf.core.studies import StudyResult
 from pytest_llmperf.core.verdict import Verdict
 from pytest_llmperf.measure.scaling import ScalingResult
 from pytest_llmperf.reports.ab import ab_cells
 from pytest_llmperf.reports.scaling import HEADER as SCALING_HEADER
 from pytest_llmperf.reports.scaling import scaling_cells
+from pytest_llmperf.reports.study import study_markdown
 from pytest_llmperf.reports.table import HEADER, headline, render_notes, table_rows, tradeoff_rows
 
 
@@ -26,7 +28,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 _QUALITY = ("runqueue_wait", "others_cores", "steal_pct", "machine_speed")
 
 
-def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = ()) -> str:
+def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = (),
+                    studies: Sequence[StudyResult] = ()) -> str:
     ordered = sorted(outcomes, key=lambda o: o.test)
     lines = ["## pytest-llmperf", ""]
     if not ordered:
@@ -50,6 +53,8 @@ def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingR
     tradeoff = tradeoff_rows(ordered)
     if tradeoff:
         lines += ["", "### Trade-off (current values)", "", *_table(tradeoff[0], tradeoff[1:])]
+    for study in studies:
+        lines += ["", *study_markdown(study)]
     for result in sorted(scaling, key=lambda r: r.test):
         lines += ["", f"### Scaling: {result.test}", "", *_table(SCALING_HEADER, scaling_cells(result))]
     for outcome in ordered:

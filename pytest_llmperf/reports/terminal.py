@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pytest_llmperf.core.session import LlmperfSession
 from pytest_llmperf.reports.ab import render_ab
+from pytest_llmperf.reports.files import figures_dir, report_paths
 from pytest_llmperf.reports.scaling import render_scaling
+from pytest_llmperf.reports.study import render_study
 from pytest_llmperf.reports.table import align, headline, render_notes, render_table, tradeoff_rows
 
 
@@ -31,6 +33,11 @@ def summary_lines(session: LlmperfSession) -> list[str]:
         lines += ["", "scaling (speedup: tok/s over the lowest concurrency's; efficiency: speedup / N):"]
         for result in sorted(session.scaling, key=lambda r: r.test):
             lines += render_scaling(result)
+    for study in session.studies:
+        where = figures_dir(report_paths(session.report)[0]).parent if session.report is not None else None
+        lines += ["", *render_study(study, where)]
+        if session.report is None:
+            lines.append("  figures: not drawn (give --llmperf-report PATH: the PNGs go beside the report)")
     if session.stale:
         lines += ["", f"stale baseline files (no collected test owns them): {len(session.stale)}"]
         lines += [f"  {path}" for path in sorted(session.stale)]

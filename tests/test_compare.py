@@ -1,0 +1,98 @@
+"""``python -m pytest_llmperf compare`` over known numbers: the printed values, differences and percentages
+exactly, tolerance-aware marks, fingerprint differences, --fail-on-regression and --plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmperf.__main__ import main
+
+TEST = "perf_tests/test_x.py::test_decode"
+
+
+def write_report(path: Path, values: dict[str, float], version: str = "0.3.36",
+                 gated: dict[str, str] | None = None, stderr: dict[str, float] | None = None) -> Path:
+    gated = gated or {}
+    metrics: list[dict[str, Any]] = []
+    for name, value in values.items():
+        entry: dict[str, Any] = {"metric": name, "current": value, "samples": [value]}
+        if name in gated:
+            entry.update(gated=True, baseline=value, tolerance={"kind": "relative", "amount": 0.0,
+                                                                "text": gated[name]}, verdict="ok")
+        else:
+            entry.update(gated=False, verdict="not gated")
+        if stderr and name in stderr:
+            entry["stderr"] = stderr[name]
+        metrics.append(entry)
+    test = {"test": TEST, "metrics": metrics, "fingerprint": {"versions": {"llama-cpp-python": version}}}
+    path.write_text(json.dumps({"schema": 1, "tests": [test]}), encoding="utf-8")
+    return path
+
+
+BEFORE = {"completion_tok_s": 100.0, "e2e_p95": 1.0, "e2e_p99": 1.0, "tpot_p50": 0.010, "rss_peak_gib": 0.5,
+          "task.acc": 0.80}
+AFTER = {"completion_tok_s": 95.04, "e2e_p95": 0.99902, "e2e_p99": 0.99922, "tpot_p50": 0.0125,
+         "rss_peak_gib": 0.5, "task.acc": 0.70}
+GATED = {"completion_tok_s": "10%", "tpot_p50": "15%"}
+
+
+def test_two_reports_print_each_value_the_difference_and_the_change_exactly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = write_report(tmp_path / "before.json", BEFORE, "0.3.35", GATED, {"task.acc": 0.02})
+    after = write_report(tmp_path / "after.json", AFTER, "0.3.36", GATED, {"task.acc": 0.02})
+    assert main(["compare", str(before), str(after)]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines[0] == ["test", "metric", "before", "after", "difference", "change", "%"]
+    rows = {row[1]: row[2:] for row in lines[1:7]}
+    assert rows["completion_tok_s"] == ["100", "95.04", "-4.96", "-4.960", "within", "tolerance"]
+    assert rows["e2e_p95"] == ["1", "0.99902", "-0.00098", "-0.098", "within", "tolerance"]
+    assert rows["e2e_p99"] == ["1", "0.99922", "-0.00078", "-0.078", "within", "tolerance"]
+    assert rows["tpot_p50"] == ["0.01", "0.0125", "+0.0025", "+25.000", "worse"]
+    assert rows["rss_peak_gib"] == ["0.5", "0.5", "0", "0.000"]
+    # Accuracy: 0.10 down; the built-in tolerance of an accuracy metric is 0.02 absolute.
+    assert rows["task.acc"] == ["0.8", "0.7", "-0.1", "-12.500", "worse"]
+    assert ["fingerprint", "changes", "before", "->", "after:"] in lines
+    assert [f"{TEST}:", "versions.llama-cpp-python", "0.3.35", "->", "0.3.36"] in lines
+
+
+def test_three_reports_and_fail_on_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reports = [write_report(tmp_path / f"run{i}.json", values, gated=GATED)
+               for i, values in enumerate([BEFORE, AFTER, {**BEFORE, "completion_tok_s": 120.0}])]
+    assert main(["compare", *map(str, reports)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["test", "metric", "run0", "run1", "run2", "diff", "run1", "%", "run1", "mark", "run1",
+                              "diff", "run2", "%", "run2", "mark", "run2"]
+    row = next(line.split() for line in out if " completion_tok_s " in line)
+    assert row[2:] == ["100", "95.04", "120", "-4.96", "-4.960", "within", "tolerance", "+20", "+20.000", "better"]
+    assert main(["compare", "--fail-on-regression", *map(str, reports)]) == 1
+    err = capsys.readouterr().err
+    assert "2 metrics moved beyond tolerance in their bad direction" in err
+    assert f"{TEST} tpot_p50: run0 0.01 -> run1 0.0125 (+25.000 %)" in err
+    assert f"{TEST} task.acc: run0 0.8 -> run1 0.7 (-12.500 %)" in err
+
+
+def test_plot_writes_the_four_before_after_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    before = write_report(tmp_path / "before.json", {**BEFORE, "mem_max_gib": 70.0, "mem_mean_gib": 60.0}, "1",
+                          GATED, {"task.acc": 0.02})
+    after = write_report(tmp_path / "after.json", {**AFTER, "mem_max_gib": 66.2, "mem_mean_gib": 57.0}, "2",
+                         GATED, {"task.acc": 0.02})
+    assert main(["compare", "--plot", str(tmp_path / "figures"), str(before), str(after)]) == 0
+    out = capsys.readouterr().out
+    for kind in ("throughput", "memory", "accuracy", "change"):
+        png = tmp_path / "figures" / f"{kind}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", kind
+        assert f"figure: {png}" in out
+
+
+def test_a_bad_report_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}", encoding="utf-8")
+    good = write_report(tmp_path / "good.json", BEFORE)
+    assert main(["compare", str(good), str(bad)]) == 2
+    assert f"{bad}: report schema None is not 1" in capsys.readouterr().err
