@@ -116,6 +116,11 @@ def metric_spec(name: str) -> MetricSpec:
     )
 
 
+def is_accuracy(name: str) -> bool:
+    """An lm-eval score, ``<task>.<metric>`` (also under a call's ``name.`` prefix); not fidelity's ``top1_agree``."""
+    return metric_spec(name).unit == "score" and "." in split_prefix(name)[1]
+
+
 def invalid_value(name: str, value: float) -> str | None:
     """Why ``value`` cannot be a measurement of ``name`` (not finite, or negative where that is impossible),
     or None when it can. Such a value is never judged and never written to a baseline."""

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llmperf.core.metrics import format_value, metric_spec
+from pytest_llmperf.core.metrics import format_value, is_accuracy, metric_spec
 from pytest_llmperf.errors import LlmperfError
 
 #: Memory metrics in order of preference: a tie on the objective goes to the point using less of the first one
@@ -166,7 +166,7 @@ class StudyPoint:
 def accuracy_metrics(points: Sequence[StudyPoint]) -> list[str]:
     """The accuracy metrics (``<task>.<metric>``, unit "score") measured at every point with a value."""
     names = {name for point in points for name in point.metrics}
-    return sorted(name for name in names if metric_spec(name).unit == "score"
+    return sorted(name for name in names if is_accuracy(name)
                   and all(point.metrics.get(name) is not None for point in points))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.core.metrics import metric_spec
+from pytest_llmperf.core.metrics import is_accuracy, metric_spec
 from pytest_llmperf.reports.table import align
 
 Key = tuple[str, str]
@@ -99,7 +99,8 @@ def compare_runs(runs: Sequence[Run]) -> tuple[list[str], list[str]]:
         for run, value in zip(later, values[1:], strict=True):
             old = values[0]
             if old is None or value is None or not (math.isfinite(old) and math.isfinite(value)):
-                cells += ["-", "-", "only in one" if (old is None) != (value is None) else "-"]
+                missing = first.label if old is None else run.label if value is None else None
+                cells += ["-", "-", f"not in {missing}" if missing else "-"]
                 continue
             stderr = _combined(first.stderr.get(key), run.stderr.get(key))
             change = change_of(key, old, value, run.tolerances.get(key) or first.tolerances.get(key), stderr)
@@ -139,7 +140,7 @@ def fingerprint_changes(before: Run, after: Run) -> list[str]:
     return lines
 
 
-_THROUGHPUT = ("completion_tok_s", "total_tok_s", "prompt_tok_s")
+_THROUGHPUT = ("completion_tok_s", "prompt_tok_s", "total_tok_s")
 _MEMORY = ("mem_max_gib", "mem_mean_gib", "rss_peak_gib")
 #: The figures ``compare --plot`` draws, each when the runs have its metrics.
 RUN_FIGURES = ("throughput", "memory", "accuracy", "change")
@@ -162,7 +163,9 @@ def draw_runs(runs: Sequence[Run], directory: Path) -> tuple[list[Path], list[st
         return {run.label: [run.values.get(key) for key in chosen] for run in runs}
 
     figures, notes = {}, []
-    throughput = [key for key in keys if key[1] in _THROUGHPUT]
+    # One throughput per test (completion, else prompt, else total tokens/s) keeps the bars readable.
+    throughput = [key for key in keys if key[1] in _THROUGHPUT and not any(
+        (key[0], other) in keys for other in _THROUGHPUT[:_THROUGHPUT.index(key[1])])]
     if throughput:
         figures["throughput"] = grouped_bars("Throughput per run", [name(k) for k in throughput], labels,
                                              values(throughput), "throughput (tok/s)")
@@ -171,12 +174,15 @@ def draw_runs(runs: Sequence[Run], directory: Path) -> tuple[list[Path], list[st
         factor, unit = memory_scale([v for run in runs for k in memory if (v := run.values.get(k)) is not None])
         figures["memory"] = grouped_bars("Memory per run (peak and mean)", [name(k) for k in memory], labels,
                                          values(memory), f"memory ({unit})", factor)
-    accuracy = [key for key in keys if metric_spec(key[1]).unit == "score"]
+    accuracy = [key for key in keys if is_accuracy(key[1])]
     if accuracy:
         scores = {name(key): [run.values.get(key) for run in runs] for key in accuracy}
         errors = {name(key): [run.stderr.get(key) for run in runs] for key in accuracy}
         figures["accuracy"] = accuracy_heatmap("Accuracy per task and run", labels, "run", scores, errors)
-    changed = [key for key in keys if all(key in run.values for run in runs) and runs[0].values[key]]
+    # The change chart shows what the reports gated (every metric would be hundreds of rows).
+    gated = {key for run in runs for key in run.tolerances}
+    changed = [key for key in keys if all(key in run.values for run in runs) and runs[0].values[key]
+               and (key in gated or not gated)]
     if changed and len(runs) > 1:
         changes: dict[str, list[float | None]] = {}
         marks: dict[str, list[str]] = {}

@@ -18,7 +18,8 @@ def accuracy_heatmap(title: str, columns: Sequence[str], column_label: str,
     import numpy as np
 
     tasks = list(scores)
-    fig = figure(max(4.5, 1.3 * len(columns) + 3.0), max(2.5, 0.6 * len(tasks) + 1.6))
+    label = max((len(task) for task in tasks), default=0)  # row labels take their own width (~0.08 in a char)
+    fig = figure(max(4.5, 1.3 * len(columns) + 0.08 * label + 2.0), max(2.5, 0.6 * len(tasks) + 1.6))
     ax = fig.add_subplot()
     matrix = np.array([scaled(scores[task], 1.0) for task in tasks], dtype=float)
     image = ax.imshow(matrix, aspect="auto", cmap="viridis")

@@ -14,22 +14,23 @@ MARK_COLOURS = {"better": "tab:green", "worse": "tab:red", "within tolerance": "
 
 def grouped_bars(title: str, groups: Sequence[str], runs: Sequence[str],
                  values: Mapping[str, Sequence[float | None]], unit: str, factor: float = 1.0) -> Figure:
-    """One group of bars per ``groups`` entry (test and metric), one bar per run, each with its value on top;
-    a value a run does not have leaves its bar out."""
-    fig = figure(max(6.4, 1.1 * len(groups) * max(1, len(runs)) / 2 + 3), 4.4)
+    """One group of horizontal bars per ``groups`` entry (test and metric, read down the page), one bar per run,
+    each with its value; a value a run does not have leaves its bar out."""
+    fig = figure(9.0, max(3.0, 0.28 * len(groups) * max(1, len(runs)) + 1.4))
     ax = fig.add_subplot()
-    width = 0.8 / max(1, len(runs))
+    height = 0.8 / max(1, len(runs))
     for index, run in enumerate(runs):
-        heights = scaled(values[run], factor)
-        positions = [g + (index - (len(runs) - 1) / 2) * width for g in range(len(groups))]
-        bars = ax.bar(positions, heights, width, label=run)
-        ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
-    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(unit)
+        widths = scaled(values[run], factor)
+        positions = [g + (index - (len(runs) - 1) / 2) * height for g in range(len(groups))]
+        bars = ax.barh(positions, widths, height, label=run)
+        ax.bar_label(bars, fmt="%.4g", fontsize=7, padding=2)
+    ax.set_yticks(range(len(groups)), groups, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(unit)
     ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    ax.margins(y=0.15)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.margins(x=0.15)
     return fig
 
 
@@ -50,7 +51,8 @@ def change_chart(rows: Sequence[str], runs: Sequence[str], changes: Mapping[str,
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"change from {'the first run' if len(runs) > 1 else 'before'} (%)")
-    ax.set_title(f"Change per metric: {', '.join(runs)}" + (" (outlined: later runs)" if len(runs) > 1 else ""))
+    shown = runs[0] if len(runs) == 1 else f"{runs[0]} (plain bars), {', '.join(runs[1:])} (outlined, in order)"
+    ax.set_title(f"Change per metric: {shown}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.margins(x=0.2)
     from matplotlib.patches import Patch
