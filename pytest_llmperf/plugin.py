@@ -140,10 +140,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         check_markers([(m.name, m.args, m.kwargs) for m in item.iter_markers()], registered, item.nodeid)
         if session is not None:
             tolerance_table(item, session)
-            if (study := study_of(item, session)) is not None:
-                from pytest_llmperf.core import progress
+            from pytest_llmperf.core import progress
 
-                progress.set_context(f"point {study['label']} of {study['size']} · ")
+            study = study_of(item, session)  # (a point's progress says which point; any other test's says nothing)
+            progress.set_context(f"point {study['label']} of {study['size']} · " if study else "")
         gpu = item.get_closest_marker("gpu")
         missing = missing_gpus(*gpu_requirement(gpu.args, gpu.kwargs, item.nodeid)) if gpu else None
     except LlmperfError as error:
