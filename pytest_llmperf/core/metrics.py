@@ -19,7 +19,7 @@ from pytest_llmperf.core.workload import RequestRecord
 from pytest_llmperf.errors import LlmperfError
 
 Direction = Literal["higher", "lower"]
-Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token", "x", "nats"]
+Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token", "x", "nats", "GB/s"]
 
 PERCENTILES = (50, 90, 95, 99)
 LATENCY_FAMILIES = ("e2e", "ttft", "tpot", "itl")
@@ -32,7 +32,19 @@ _AT_CONCURRENCY = re.compile(r"^(?P<base>.+)@c(?P<concurrency>[1-9][0-9]*)$")
 #: Scaling metrics: throughput at N over throughput at the lowest concurrency, and that divided by N / lowest.
 SCALING_METRICS = ("speedup", "efficiency")
 _LATENCY_NAME = re.compile(r"^(e2e|ttft|tpot|itl)_(p50|p90|p95|p99|mean)$")
-_MEMORY_NAME = re.compile(r"^(mem_max_gib|mem_mean_gib|rss_peak_gib|mem_gpu\d+_gib|mem_process_gib)$")
+_MEMORY_NAME = re.compile(
+    r"^(mem_max_gib|mem_mean_gib|rss_peak_gib|mem_gpu\d+_gib|mem_process_gib|kv_cache_gib_predicted|kv_cache_gib_measured)$"
+)
+#: Capacity (``measure/bench.py``, ``measure/roofline.py``): name -> (unit, direction).
+_CAPACITY_METRICS: dict[str, tuple[Unit, Direction]] = {
+    "pp_tok_s": ("tok/s", "higher"),
+    "tg_tok_s": ("tok/s", "higher"),
+    "tg_roofline_pct": ("%", "higher"),
+    "tg_bound_tok_s": ("tok/s", "higher"),
+    "bandwidth_gb_s": ("GB/s", "higher"),
+    "max_concurrency": ("x", "higher"),
+    "goodput_req_s": ("req/s", "higher"),
+}
 #: GPU readings from NVML (``gpu.NvmlTracker``): name -> (unit, direction).
 _GPU_METRICS: dict[str, tuple[Unit, Direction]] = {
     "gpu_util_pct": ("%", "higher"),
@@ -105,6 +117,9 @@ def metric_spec(name: str) -> MetricSpec:
     if name in _FIDELITY_METRICS:
         unit, direction = _FIDELITY_METRICS[name]
         return MetricSpec(name, direction, unit)
+    if name in _CAPACITY_METRICS:
+        unit, direction = _CAPACITY_METRICS[name]
+        return MetricSpec(name, direction, unit)
     if "." in name:
         metric = name.rsplit(".", 1)[1].split(",", 1)[0]
         return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score")
@@ -134,8 +149,10 @@ def invalid_value(name: str, value: float) -> str | None:
 def all_metric_names() -> list[str]:
     """Every speed and memory metric the runner can produce (accuracy names depend on the tasks)."""
     latency = [f"{family}_{stat}" for family in LATENCY_FAMILIES for stat in ("p50", "p90", "p95", "p99", "mean")]
-    memory = ["rss_peak_gib", "mem_max_gib", "mem_mean_gib", "mem_process_gib"]
-    return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_GPU_METRICS, *_FIDELITY_METRICS]
+    memory = ["rss_peak_gib", "mem_max_gib", "mem_mean_gib", "mem_process_gib", "kv_cache_gib_predicted",
+              "kv_cache_gib_measured"]
+    return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_GPU_METRICS, *_FIDELITY_METRICS,
+            *_CAPACITY_METRICS]
 
 
 def latency_stats(family: str, samples: Sequence[float]) -> dict[str, float | None]:

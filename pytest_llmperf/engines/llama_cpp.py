@@ -287,6 +287,13 @@ class LlamaCppEngine:
             return rows[max(skipped, 0) :], "id"
         return rows, "id"
 
+    def bench_context(self, n_ctx: int, n_seq_max: int = 1, **options: Any) -> Any:
+        """A llama.cpp context of its own on this engine's model, for llama-bench-style measurements
+        (``engines/llama_cpp_bench.BenchContext``)."""
+        from pytest_llmperf.engines.llama_cpp_bench import BenchContext
+
+        return BenchContext(self._llm, n_ctx, n_seq_max, **options)
+
     def lm_eval_model(self) -> Any:
         """An lm-eval ``LM`` scoring with this engine's model (imports lm-eval)."""
         from pytest_llmperf.engines.llama_cpp_lm import LlamaCppLM

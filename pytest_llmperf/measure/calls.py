@@ -24,6 +24,7 @@ from pytest_llmperf.engines import Engine
 from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.measure.ab import ABResult
 from pytest_llmperf.measure.accuracy import AccuracyResult
+from pytest_llmperf.measure.bench import BenchResult
 from pytest_llmperf.measure.fidelity import FidelityResult
 from pytest_llmperf.measure.runner import PerfResult, StopRule, run_workload
 from pytest_llmperf.measure.scaling import ScalingResult
@@ -358,3 +359,55 @@ def given(
         fingerprint={**described, **fields}, workload=dict(workload or {}), warnings=list(warnings),
         tolerances=tolerances, reference=reference, name=name,
     )
+
+
+def bench(
+    engine: Engine, *, n_prompt: int, n_gen: int, repetitions: int, n_batch: int | None, gate: Sequence[str],
+    tolerances: Mapping[str, object] | None = None, name: str | None = None,
+) -> tuple[list[BenchResult], Part]:
+    """llama-bench's pp/tg on ``engine`` (``measure/bench.bench``); ``pp_tok_s``, ``tg_tok_s`` per repetition as
+    samples. Returns the results so far (a confirming re-measurement appends) and the part."""
+    from pytest_llmperf.measure import bench as bench_module
+
+    latest: list[BenchResult] = []
+
+    def run() -> Remeasured:
+        with measurement_lock():
+            latest.append(bench_module.bench(engine, n_prompt, n_gen, repetitions, n_batch))
+        return prefixed(name, latest[-1].metrics()), prefixed(name, latest[-1].samples()), [], "fixed"
+
+    metrics, samples, _, _ = run()
+    part = Part(
+        "bench", dict(metrics), tuple(prefixed(name, dict.fromkeys(gate))), dict(samples),
+        fingerprint=fingerprint(engine.describe()),
+        workload={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions, "n_batch": n_batch},
+        tolerances=tolerances, name=name, remeasure=run,
+    )
+    return latest, part
+
+
+def parallel(
+    engine: Engine, test: str, *, n_prompt: int, n_gen: int, n_parallel: Sequence[int], repetitions: int,
+    gate: Sequence[str], tolerances: Mapping[str, object] | None = None, name: str | None = None,
+) -> tuple[list[ScalingResult], Part]:
+    """N parallel sequences in one llama.cpp context (``measure/bench.parallel``), ``<metric>@c<N>`` per N."""
+    from pytest_llmperf.measure import bench as bench_module
+
+    latest: list[ScalingResult] = []
+    every = ("prompt_tok_s", "completion_tok_s", "total_tok_s", "speedup", "efficiency", "kv_cache_gib_predicted",
+             "kv_cache_gib_measured")
+
+    def run() -> Remeasured:
+        with measurement_lock():
+            latest.append(bench_module.parallel(engine, test, n_prompt, n_gen, n_parallel, repetitions))
+        names = list(dict.fromkeys((*every, *gate)))
+        return prefixed(name, latest[-1].metrics(names)), prefixed(name, latest[-1].samples(names)), [], "fixed"
+
+    metrics, samples, _, _ = run()
+    part = Part(
+        "parallel", dict(metrics), tuple(prefixed(name, latest[0].metrics(list(gate)))), dict(samples),
+        fingerprint=fingerprint(engine.describe()),
+        workload={"n_prompt": n_prompt, "n_gen": n_gen, "n_parallel": list(n_parallel), "repetitions": repetitions},
+        tolerances=tolerances, name=name, remeasure=run,
+    )
+    return latest, part

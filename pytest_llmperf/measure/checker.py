@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pytest_llmperf.engines.cache import EngineCache
     from pytest_llmperf.measure.ab import ABResult
     from pytest_llmperf.measure.accuracy import AccuracyResult
+    from pytest_llmperf.measure.bench import BenchResult
     from pytest_llmperf.measure.fidelity import FidelityResult
     from pytest_llmperf.measure.runner import PerfResult
     from pytest_llmperf.measure.scaling import ScalingResult
@@ -102,6 +103,32 @@ class PerfCheck:
             engine, workload, concurrencies, self._record.test, gate=gate,
             rss_base_bytes=self._engines.rss_base_bytes(engine) or 0, tolerances=tolerances, name=name,
         )
+        self._add(part)
+        self._record.scaling.append(results)
+        return results[-1]
+
+    def bench(
+        self, engine: Engine, n_prompt: int = 128, n_gen: int = 64, *, repetitions: int = 5,
+        n_batch: int | None = None, gate: Sequence[str] = ("pp_tok_s", "tg_tok_s"),
+        tolerances: Mapping[str, object] | None = None, name: str | None = None,
+    ) -> BenchResult:
+        """pp and tg as llama-bench measures them (``-p n_prompt -n n_gen -r repetitions``) on an in-process
+        llama.cpp engine: ``pp_tok_s``, ``tg_tok_s``, mean of the repetitions (docs/capacity.md)."""
+        results, part = calls.bench(engine, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
+                                    n_batch=n_batch, gate=gate, tolerances=tolerances, name=name)
+        self._add(part)
+        return results[-1]
+
+    def parallel(
+        self, engine: Engine, n_prompt: int = 128, n_gen: int = 64, n_parallel: Sequence[int] = (1, 2, 4, 8), *,
+        repetitions: int = 1, gate: Sequence[str] = ("total_tok_s", "efficiency", "kv_cache_gib_measured"),
+        tolerances: Mapping[str, object] | None = None, name: str | None = None,
+    ) -> ScalingResult:
+        """N sequences decoded together in one llama.cpp context for each N (llama-batched-bench): prompt, gen and
+        overall t/s, speedup, efficiency and the KV cache per N, gated per N and tabulated at session end."""
+        results, part = calls.parallel(engine, self._record.test, n_prompt=n_prompt, n_gen=n_gen,
+                                       n_parallel=n_parallel, repetitions=repetitions, gate=gate,
+                                       tolerances=tolerances, name=name)
         self._add(part)
         self._record.scaling.append(results)
         return results[-1]

@@ -14,8 +14,7 @@ from pytest_llmperf.core.studies import StudyResult
 from pytest_llmperf.core.verdict import Verdict
 from pytest_llmperf.measure.scaling import ScalingResult
 from pytest_llmperf.reports.ab import ab_cells
-from pytest_llmperf.reports.scaling import HEADER as SCALING_HEADER
-from pytest_llmperf.reports.scaling import scaling_cells
+from pytest_llmperf.reports.scaling import scaling_cells, scaling_header
 from pytest_llmperf.reports.study import study_markdown
 from pytest_llmperf.reports.table import HEADER, headline, render_notes, table_rows, tradeoff_rows
 
@@ -56,7 +55,7 @@ def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingR
     for study in studies:
         lines += ["", *study_markdown(study)]
     for result in sorted(scaling, key=lambda r: r.test):
-        lines += ["", f"### Scaling: {result.test}", "", *_table(SCALING_HEADER, scaling_cells(result))]
+        lines += ["", f"### Scaling: {result.test}", "", *_table(scaling_header(result), scaling_cells(result))]
     for outcome in ordered:
         for (a_label, b_label), ab_rows in ab_cells(outcome.measured, outcome.all_samples).items():
             header = ("metric", a_label, b_label, f"{b_label}-{a_label}", "change %", f"{b_label}/{a_label}")
