@@ -30,8 +30,8 @@ def summary_lines(session: LlmperfSession) -> list[str]:
     if ab:
         lines += ["", "A/B (measured interleaved; B/A is the median of the pair ratios):", *ab]
     if session.scaling:
-        lines += ["", "scaling (speedup: tok/s (overall t/s for parallel sequences) over the lowest level's; efficiency: "
-                  "speedup / N):"]
+        lines += ["", "scaling (speedup: tok/s (overall t/s for parallel sequences) over the lowest level's; "
+                  "efficiency: speedup / N):"]
         for result in sorted(session.scaling, key=lambda r: r.test):
             lines += render_scaling(result)
     for study in session.studies:
