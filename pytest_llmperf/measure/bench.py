@@ -7,7 +7,8 @@
 - Parallel sequences: for each N, a context of ``N x (n_prompt + n_gen)`` cells over N sequences; N prompts in one
   batch, then ``n_gen`` steps of one token per sequence. Per N: prompt, generation and overall t/s
   (``N x n_prompt / t_pp``, ``N x n_gen / t_tg``, all tokens over ``t_pp + t_tg``), speedup of the overall t/s over
-  N = 1, efficiency = speedup / N, and the KV cache predicted (``core/kv_cache``) and as llama.cpp allocated it.
+  N = 1, efficiency = speedup / N, the KV cache predicted (``core/kv_cache``) and as llama.cpp allocated it, and
+  the generation t/s as a share of the memory-bandwidth bound (``measure/roofline``).
 
 Only engines with ``bench_context`` (the ``llama_cpp`` backend) can be measured this way.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from pytest_llmperf.core.kv_cache import GIB, from_gguf, llama_cpp_cells
 from pytest_llmperf.errors import LlmperfError
+from pytest_llmperf.measure.roofline import roofline
 from pytest_llmperf.measure.scaling import ScalingResult, check_concurrencies
 
 
@@ -107,7 +109,7 @@ def bench(engine: Any, n_prompt: int = 128, n_gen: int = 64, repetitions: int = 
 
 
 PARALLEL_COLUMNS = ("concurrency", "prompt_tok_s", "completion_tok_s", "total_tok_s", "speedup", "efficiency",
-                    "kv_cache_gib_predicted", "kv_cache_gib_measured")
+                    "kv_cache_gib_predicted", "kv_cache_gib_measured", "tg_roofline_pct")
 
 
 def parallel(engine: Any, test: str, n_prompt: int = 128, n_gen: int = 64,
@@ -122,6 +124,7 @@ def parallel(engine: Any, test: str, n_prompt: int = 128, n_gen: int = 64,
     shape = from_gguf(engine.model_path)
     config = engine.engine_config
     type_k, type_v = str(config.get("type_k") or "f16"), str(config.get("type_v") or config.get("type_k") or "f16")
+    threads = int(config.get("n_threads") or 1)
     metrics: dict[int, dict[str, float | None]] = {}
     samples: dict[int, dict[str, list[float]]] = {}
     for level in levels:
@@ -139,5 +142,11 @@ def parallel(engine: Any, test: str, n_prompt: int = 128, n_gen: int = 64,
             "kv_cache_gib_predicted": shape.bytes(llama_cpp_cells(n_ctx, level), type_k=type_k, type_v=type_v) / GIB,
             "kv_cache_gib_measured": report.bytes / GIB if report is not None else None,
         }
+        # Each generated token reads the weights once per step (shared by the N sequences) and its own sequence's
+        # cache, n_prompt + n_gen / 2 tokens on average.
+        kv_read = shape.bytes_per_token(type_k, type_v) * (n_prompt + n_gen / 2)
+        bound = roofline(engine.model_path, metrics[level]["completion_tok_s"], threads=threads, n_seq=level,
+                         kv_bytes_per_token=kv_read)
+        metrics[level]["tg_roofline_pct"] = bound.percent
         samples[level] = {"prompt_tok_s": prompt, "completion_tok_s": generation, "total_tok_s": total}
     return ScalingResult.from_levels(test, metrics, samples, throughput="total_tok_s", columns=PARALLEL_COLUMNS)

@@ -411,3 +411,28 @@ def parallel(
         tolerances=tolerances, name=name, remeasure=run,
     )
     return latest, part
+
+
+def roofline(
+    engine: Engine, tg_tok_s: float | None, *, n_seq: int, context_tokens: float, gate: Sequence[str],
+    tolerances: Mapping[str, object] | None = None, name: str | None = None,
+) -> tuple[Any, Part]:
+    """``tg_tok_s`` against the memory-bandwidth bound of ``engine``'s model on this machine
+    (``measure/roofline``); the cache read per token is ``context_tokens`` cached tokens."""
+    from pytest_llmperf.core.kv_cache import from_gguf
+    from pytest_llmperf.measure import roofline as roofline_module
+
+    model_path = getattr(engine, "model_path", None)
+    if model_path is None:
+        raise LlmperfError(f"a roofline needs the engine's GGUF file; the {engine.backend!r} engine has none")
+    config = getattr(engine, "engine_config", {})
+    type_k = str(config.get("type_k") or "f16")
+    kv_read = from_gguf(model_path).bytes_per_token(type_k, str(config.get("type_v") or type_k)) * context_tokens
+    with measurement_lock():
+        result = roofline_module.roofline(model_path, tg_tok_s, threads=int(config.get("n_threads") or 1),
+                                          n_seq=n_seq, kv_bytes_per_token=kv_read)
+    metrics = prefixed(name, result.metrics())
+    part = Part("roofline", dict(metrics), tuple(prefixed(name, dict.fromkeys(gate))),
+                fingerprint=fingerprint(engine.describe()), workload={"n_seq": n_seq, "context_tokens": context_tokens},
+                tolerances=tolerances, name=name)
+    return result, part

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pytest_llmperf.measure.accuracy import AccuracyResult
     from pytest_llmperf.measure.bench import BenchResult
     from pytest_llmperf.measure.fidelity import FidelityResult
+    from pytest_llmperf.measure.roofline import Roofline
     from pytest_llmperf.measure.runner import PerfResult
     from pytest_llmperf.measure.scaling import ScalingResult
 
@@ -132,6 +133,18 @@ class PerfCheck:
         self._add(part)
         self._record.scaling.append(results)
         return results[-1]
+
+    def roofline(
+        self, engine: Engine, tg_tok_s: float | None, *, n_seq: int = 1, context_tokens: float = 0.0,
+        gate: Sequence[str] = ("tg_roofline_pct",), tolerances: Mapping[str, object] | None = None,
+        name: str | None = None,
+    ) -> Roofline:
+        """``tg_tok_s`` as a share of this machine's memory-bandwidth bound for the engine's model:
+        ``tg_roofline_pct``, with ``tg_bound_tok_s`` and the measured ``bandwidth_gb_s`` (docs/capacity.md)."""
+        result, part = calls.roofline(engine, tg_tok_s, n_seq=n_seq, context_tokens=context_tokens, gate=gate,
+                                      tolerances=tolerances, name=name)
+        self._add(part)
+        return result  # type: ignore[no-any-return]
 
     def check(
         self, metrics: Mapping[str, float | None], *, samples: Mapping[str, list[float]] | None = None,
