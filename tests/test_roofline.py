@@ -39,12 +39,12 @@ def test_nvml_bandwidth_is_double_data_rate_times_bus_width() -> None:
         NVML_CLOCK_MEM = 2
 
         @staticmethod
-        def nvmlDeviceGetMaxClockInfo(handle, clock):  # noqa: N802  (NVML's names)
+        def nvmlDeviceGetMaxClockInfo(handle, clock):
             assert clock == 2
             return 2619
 
         @staticmethod
-        def nvmlDeviceGetMemoryBusWidth(handle):  # noqa: N802
+        def nvmlDeviceGetMemoryBusWidth(handle):
             return 5120
 
     assert nvml_bandwidth(FakeNvml, object()) == pytest.approx(2 * 2619e6 * 5120 / 8)
