@@ -436,3 +436,41 @@ def roofline(
                 fingerprint=fingerprint(engine.describe()), workload={"n_seq": n_seq, "context_tokens": context_tokens},
                 tolerances=tolerances, name=name)
     return result, part
+
+
+def capacity(
+    engine: Engine, workload: Workload | None, slo: Mapping[str, float], *, update: bool, start: int, limit: int,
+    margin: float, probe: Any = None, knob: str = "concurrency", gate: Sequence[str],
+    tolerances: Mapping[str, object] | None = None, name: str | None = None,
+) -> tuple[Any, Part]:
+    """The largest ``knob`` level meeting ``slo`` (``measure/capacity.search``), reused from the cache unless
+    ``update`` or anything it depends on changed; ``probe(level) -> metrics`` measures a custom knob."""
+    from pytest_llmperf.measure import capacity as capacity_module
+
+    limits = capacity_module.check_slo(slo)
+    workload = workload or Workload()
+    described = fingerprint(engine.describe())
+    settings = {"knob": knob, "slo": limits, "start": start, "limit": limit, "margin": margin,
+                "workload": workload.to_dict(), "probe": getattr(probe, "__qualname__", None)}
+    key = capacity_module.cache_key(described, settings)
+    result = None if update else capacity_module.load_cached(key)
+    if result is None:
+        if probe is None:
+            probing = capacity_module.workload_probe(engine, workload, limits)
+        else:
+            def probing(level: int) -> Any:
+                metrics = dict(probe(level))
+                failures = capacity_module.slo_failures(limits, metrics)
+                return capacity_module.Trial(level, not failures, "; ".join(failures) or "meets the SLO", metrics)
+        with measurement_lock():
+            result = capacity_module.search(probing, knob=knob, start=start, limit=limit, margin=margin)
+        chosen = next((t for t in result.trace if t.level == result.found and t.passed), None)
+        result = replace(result, goodput_req_s=chosen.metrics.get("goodput_req_s") if chosen else None)
+        capacity_module.store_cached(key, result)
+    metrics = prefixed(name, result.metrics())
+    part = Part(
+        "capacity", dict(metrics), tuple(prefixed(name, dict.fromkeys(gate))), fingerprint=described,
+        workload={**workload.to_dict(), "capacity": {k: v for k, v in settings.items() if k != "workload"}},
+        warnings=[f"capacity search: {result.describe()}"], tolerances=tolerances, name=name,
+    )
+    return result, part

@@ -7,7 +7,7 @@ ends. An ``LlmperfError`` a call raises names what is wrong; the plugin shows it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.measure import calls
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pytest_llmperf.measure.ab import ABResult
     from pytest_llmperf.measure.accuracy import AccuracyResult
     from pytest_llmperf.measure.bench import BenchResult
+    from pytest_llmperf.measure.capacity import CapacityResult
     from pytest_llmperf.measure.fidelity import FidelityResult
     from pytest_llmperf.measure.roofline import Roofline
     from pytest_llmperf.measure.runner import PerfResult
@@ -143,6 +144,23 @@ class PerfCheck:
         ``tg_roofline_pct``, with ``tg_bound_tok_s`` and the measured ``bandwidth_gb_s`` (docs/capacity.md)."""
         result, part = calls.roofline(engine, tg_tok_s, n_seq=n_seq, context_tokens=context_tokens, gate=gate,
                                       tolerances=tolerances, name=name)
+        self._add(part)
+        return result  # type: ignore[no-any-return]
+
+    def capacity(
+        self, engine: Engine, workload: Workload | None = None, *, slo: Mapping[str, float],
+        knob: str = "concurrency", probe: Callable[[int], Mapping[str, float | None]] | None = None,
+        start: int = 1, limit: int = 64, margin: float = 0.85,
+        gate: Sequence[str] = ("max_concurrency", "goodput_req_s"), tolerances: Mapping[str, object] | None = None,
+        name: str | None = None,
+    ) -> CapacityResult:
+        """The largest concurrency (or ``knob`` level, measured by ``probe``) meeting ``slo``: exponential then
+        binary search, ``margin`` kept, cached per model, config and hardware (docs/capacity.md). Gates
+        ``max_concurrency`` and ``goodput_req_s``; the search trace is in the test's notes."""
+        result, part = calls.capacity(
+            engine, workload, slo, update=self._session.update, start=start, limit=limit, margin=margin,
+            probe=probe, knob=knob, gate=gate, tolerances=tolerances, name=name,
+        )
         self._add(part)
         return result  # type: ignore[no-any-return]
 

@@ -61,7 +61,7 @@ class PerfResult:
         raise AttributeError(f"PerfResult has no metric {name!r}; measured: {', '.join(sorted(metrics or ()))}")
 
 
-def _build_requests(engine: Engine, workload: Workload, repetition: int, prompts: list[str]) -> list[Request]:
+def build_requests(engine: Engine, workload: Workload, repetition: int, prompts: list[str]) -> list[Request]:
     requests = []
     for index in range(workload.requests):
         # Distinct seeds for warmup (repetition -1) and every measured request keep every prompt unique.
@@ -92,7 +92,7 @@ def run_workload(
     memory_pids: list[int] | None = pids_of() if pids_of is not None else None
     rss_measurable = pids_of is None or memory_pids is not None
     if workload.warmup:
-        warmup = _build_requests(engine, workload, -1, prompts)[: workload.warmup]
+        warmup = build_requests(engine, workload, -1, prompts)[: workload.warmup]
         engine.run(warmup, concurrency=workload.concurrency, request_rate=workload.request_rate, seed=workload.seed)
     per_repetition: list[dict[str, float | None]] = []
     quality: list[dict[str, float | None]] = []
@@ -101,7 +101,7 @@ def run_workload(
     started, stopped = time.perf_counter(), "fixed"
     most = workload.most_repetitions if stop is not None else workload.repetitions
     for repetition in range(most):
-        requests = _build_requests(engine, workload, repetition, prompts)
+        requests = build_requests(engine, workload, repetition, prompts)
         with QualitySampler(pids=memory_pids, threads=threads) as sampler, \
                 HostMemorySampler(pids=memory_pids) as memory:
             records = engine.run(
