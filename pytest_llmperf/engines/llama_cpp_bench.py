@@ -6,7 +6,8 @@ the C API with no sampling and no Python per token beyond one ``llama_decode`` c
   ``n_gen`` single-token decodes of random ids, synchronised after each. The cache is cleared before each run,
   outside the timed region.
 - ``batched`` is ``llama-batched-bench``'s loop for one (pp, tg, pl): ``pl`` sequences of ``pp`` prompt tokens
-  (one seq id each) in one batch decoded in ``n_batch`` chunks, then ``tg`` steps of one token per sequence.
+  (token id 0, one seq id each) in one batch decoded in ``n_batch`` chunks, then ``tg`` steps of one token per
+  sequence; the cache is cleared inside the prompt's timed region, as llama-batched-bench does.
 
 The context copies the engine's threads, batch sizes, KV types and flash attention; ``n_ctx`` and ``n_seq_max``
 are the measurement's. llama.cpp's log line for the KV buffer it allocated is kept (``kv_report``).
@@ -126,10 +127,10 @@ class BenchContext:
         size = max(n_prompt * n_parallel, n_parallel)
         batch = lib.llama_batch_init(size, 0, n_parallel)
         try:
-            self.clear()
-            start = time.perf_counter()
             self._fill(batch, [(position, sequence) for position in range(n_prompt) for sequence in range(n_parallel)])
             batch.logits[batch.n_tokens - 1] = True
+            start = time.perf_counter()
+            self.clear()  # inside the prompt's time, as llama-batched-bench times it
             self._decode_chunked(batch)
             lib.llama_synchronize(self._ctx)
             prompt_seconds = time.perf_counter() - start

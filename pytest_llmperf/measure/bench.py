@@ -2,8 +2,8 @@
 
 - ``pp_tok_s``: a prompt of ``n_prompt`` tokens in ``n_batch`` chunks, per repetition ``n_prompt / seconds``;
   ``tg_tok_s``: ``n_gen`` single-token decodes without sampling, ``n_gen / seconds``. Like llama-bench, each test
-  has its own context (``n_ctx`` = its tokens), one warm-up run (a ``min(n_batch, n_prompt)`` prompt, a 1-token
-  generation), the cache cleared before each repetition, and mean +- sd over the repetitions.
+  has its own context (``n_ctx`` = its tokens), one warm-up run (the whole prompt, a 1-token generation), the
+  cache cleared before each repetition outside the timed region, and mean +- sd over the repetitions.
 - Parallel sequences: for each N, a context of ``N x (n_prompt + n_gen)`` cells over N sequences; N prompts in one
   batch, then ``n_gen`` steps of one token per sequence. Per N: prompt, generation and overall t/s
   (``N x n_prompt / t_pp``, ``N x n_gen / t_tg``, all tokens over ``t_pp + t_tg``), speedup of the overall t/s over
@@ -15,6 +15,7 @@ Only engines with ``bench_context`` (the ``llama_cpp`` backend) can be measured 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 
 from pytest_llmperf.core.kv_cache import GIB, from_gguf, llama_cpp_cells
 from pytest_llmperf.errors import LlmperfError
+from pytest_llmperf.measure.quality import QualitySampler
 from pytest_llmperf.measure.roofline import roofline
 from pytest_llmperf.measure.scaling import ScalingResult, check_concurrencies
 
@@ -43,6 +45,8 @@ class BenchResult:
     n_gen: int
     pp: tuple[float, ...]
     tg: tuple[float, ...]
+    #: The machine's state over each repetition (``measure/quality.py``), for the busy-machine rule.
+    quality: tuple[dict[str, float | None], ...] = ()
 
     @staticmethod
     def _mean(values: Sequence[float]) -> float | None:
@@ -97,15 +101,24 @@ def bench(engine: Any, n_prompt: int = 128, n_gen: int = 64, repetitions: int = 
     engine = _bench_engine(engine)
     pp: list[float] = []
     tg: list[float] = []
-    if n_prompt:
-        with engine.bench_context(n_prompt, n_batch=n_batch) as context:
-            context.prompt(min(context.n_batch, n_prompt))
-            pp = [n_prompt / context.prompt(n_prompt) for _ in range(repetitions)]
-    if n_gen:
-        with engine.bench_context(n_gen, n_batch=n_batch) as context:
-            context.generate(1)
-            tg = [n_gen / context.generate(n_gen) for _ in range(repetitions)]
-    return BenchResult(n_prompt, n_gen, tuple(pp), tuple(tg))
+    quality: list[dict[str, float | None]] = []
+    threads = engine.engine_config.get("n_threads")
+    with contextlib.ExitStack() as stack:
+        prompt = stack.enter_context(engine.bench_context(n_prompt, n_batch=n_batch)) if n_prompt else None
+        generation = stack.enter_context(engine.bench_context(n_gen, n_batch=n_batch)) if n_gen else None
+        if prompt is not None:
+            prompt.prompt(n_prompt)
+        if generation is not None:
+            generation.generate(1)
+        for _ in range(repetitions):
+            # One repetition of each test inside one sampler: the machine's state lines up with both samples.
+            with QualitySampler(threads=threads) as sampler:
+                if prompt is not None:
+                    pp.append(n_prompt / prompt.prompt(n_prompt))
+                if generation is not None:
+                    tg.append(n_gen / generation.generate(n_gen))
+            quality.append(sampler.figures)
+    return BenchResult(n_prompt, n_gen, tuple(pp), tuple(tg), tuple(quality))
 
 
 PARALLEL_COLUMNS = ("concurrency", "prompt_tok_s", "completion_tok_s", "total_tok_s", "speedup", "efficiency",

@@ -374,14 +374,15 @@ def bench(
     def run() -> Remeasured:
         with measurement_lock():
             latest.append(bench_module.bench(engine, n_prompt, n_gen, repetitions, n_batch))
-        return prefixed(name, latest[-1].metrics()), prefixed(name, latest[-1].samples()), [], "fixed"
+        quality = list(latest[-1].quality)
+        return prefixed(name, latest[-1].metrics()), prefixed(name, latest[-1].samples()), quality, "fixed"
 
-    metrics, samples, _, _ = run()
+    metrics, samples, quality, _ = run()
     part = Part(
         "bench", dict(metrics), tuple(prefixed(name, dict.fromkeys(gate))), dict(samples),
         fingerprint=fingerprint(engine.describe()),
         workload={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions, "n_batch": n_batch},
-        tolerances=tolerances, name=name, remeasure=run,
+        tolerances=tolerances, name=name, remeasure=run, quality=quality, cpu_bound=cpu_bound(engine),
     )
     return latest, part
 
