@@ -10,12 +10,17 @@ from typing import Any
 from pytest_llmperf.core.workload import Workload
 from pytest_llmperf.errors import BaselineError, EngineError, LlmperfError
 
-__all__ = ["BaselineError", "EngineError", "LlmperfError", "Workload", "__version__", "reference_of"]
+__all__ = ["BaselineError", "EngineError", "KvShape", "LlmperfError", "Workload", "__version__", "kv_cache_bytes",
+           "reference_of"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: the fidelity code needs nothing heavy, but a plugin import should not pay for it.
+    if name in ("kv_cache_bytes", "KvShape"):
+        from pytest_llmperf.core import kv_cache
+
+        return getattr(kv_cache, name)
     if name == "reference_of":
         from pytest_llmperf.measure.fidelity import reference_of
 
