@@ -88,13 +88,12 @@ class BenchContext:
         if status != 0:
             raise EngineError(f"llama_decode returned {status} (n_ctx={self.n_ctx}, n_seq_max={self.n_seq_max})")
 
-    def prompt(self, n_prompt: int, n_batch: int | None = None) -> float:
+    def prompt(self, n_prompt: int) -> float:
         """Seconds to evaluate a prompt of ``n_prompt`` random tokens in chunks of ``n_batch`` (llama-bench pp)."""
-        n_batch = n_batch or self.n_batch
         chunks = []
         done = 0
         while done < n_prompt:
-            size = min(n_prompt - done, n_batch)
+            size = min(n_prompt - done, self.n_batch)
             first = self._bos if done == 0 and self._bos is not None else self._token()
             chunks.append((ctypes.c_int32 * size)(first, *(self._token() for _ in range(size - 1))))
             done += size

@@ -165,7 +165,6 @@ def workload_probe(engine: Any, workload: Workload, slo: Mapping[str, float],
     from pytest_llmperf.measure.runner import build_requests
 
     prompts = workload.load_prompts()
-    records_at: dict[int, list[RequestRecord]] = {}
 
     def probe(level: int) -> Trial:
         shaped = replace(workload, concurrency=level, requests=max(workload.requests, 2 * level))
@@ -177,7 +176,6 @@ def workload_probe(engine: Any, workload: Workload, slo: Mapping[str, float],
         except EngineError as error:
             return Trial(level, False, f"engine error: {error}")
         metrics = compute_metrics(records)
-        records_at[level] = records
         failures = slo_failures(slo, metrics)
         kept = {name: metrics.get(name) for name in (*slo, *keep)}
         kept["goodput_req_s"] = goodput(records, slo)
