@@ -68,6 +68,23 @@ def test_token_counts_match_the_servers_usage(server: OpenAIEngine) -> None:
         assert record.ttft is not None and 0 < record.ttft < record.e2e
 
 
+def test_chat_endpoint_streams_from_the_chat_route_and_counts_only_what_it_can() -> None:
+    engine = OpenAIEngine(launch="llama_cpp_server", model="q4_k_m", server_args=["--n_ctx", "1024"], endpoint="chat")
+    try:
+        workload = Workload(n_prompt=32, n_predict=12, requests=3, repetitions=1, warmup=0, concurrency=1)
+        result = run_workload(engine, workload)
+    finally:
+        engine.close()
+    # Every generated token arrived as its own chunk of delta.content (min_tokens held EOS off).
+    assert result.metrics["completion_tok_s"] is not None and result.metrics["completion_tok_s"] > 0
+    assert result.metrics["ttft_p99"] is not None and result.metrics["tpot_p50"] is not None
+    # llama_cpp.server sends no usage in a stream, and the chat template's tokens are the server's: the prompt
+    # count is unavailable, not the tokenize route's count of the bare message.
+    assert result.engine["token_counts"] == {"output_tokens": "chunks", "prompt_tokens": "unavailable"}
+    assert result.metrics["prompt_tok_s"] is None and result.metrics["total_tok_s"] is None
+    assert result.engine["endpoint"] == "chat"
+
+
 def test_workload_under_concurrency_measures_every_metric(server: OpenAIEngine) -> None:
     workload = Workload(n_prompt=32, n_predict=8, requests=6, repetitions=1, warmup=1, concurrency=3)
     result = run_workload(server, workload)

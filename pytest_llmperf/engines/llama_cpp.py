@@ -294,9 +294,12 @@ class LlamaCppEngine:
 
         return BenchContext(self._llm, n_ctx, n_seq_max, **options)
 
-    def lm_eval_model(self) -> Any:
+    def lm_eval_model(self, **model_args: Any) -> Any:
         """An lm-eval ``LM`` scoring with this engine's model (imports lm-eval)."""
         from pytest_llmperf.engines.llama_cpp_lm import LlamaCppLM
+
+        if model_args:
+            raise EngineError(f"the llama_cpp engine's lm-eval model takes no model_args, got {sorted(model_args)}")
 
         return LlamaCppLM(self._llm)
 

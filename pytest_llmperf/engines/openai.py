@@ -5,13 +5,13 @@ the placeholders ``{python}``, ``{model}``, ``{host}``, ``{port}``, ``{api_key}`
 on a free port, the engine waits for its health route, and stops it (and its children) at teardown
 (``pytest_llmperf.engines.server``). Attach: ``base_url`` of a running server.
 
-Load: requests stream (``stream: true``) from one asyncio event loop through aiohttp, at most ``concurrency``
-in flight, arrivals optionally a seeded Poisson process. Each request records its send time, the arrival time
-of every chunk that carries text, and its end. Token counts come from the server's ``usage`` (asked for with
-``stream_options.include_usage``) when it sends one; otherwise output tokens are the counted text chunks and
-prompt tokens come from the server's tokenize route (or are unavailable). ``describe()["token_counts"]`` says
-which was used. EOS is suppressed with ``min_tokens`` and/or ``ignore_eos`` (``eos`` knob; presets know what
-their server accepts) and every prompt is unique, so no prefix cache inflates the numbers.
+Load: requests stream (``stream: true``) through ``pytest_llmperf.engines.openai_stream``, to
+``/v1/completions`` or, with ``endpoint="chat"``, to ``/v1/chat/completions`` (the prompt as one user message).
+Token counts come from the server's ``usage`` (asked for with ``stream_options.include_usage``) when it sends
+one; otherwise output tokens are the counted text chunks and prompt tokens come from the server's tokenize route
+(or are unavailable). ``describe()["token_counts"]`` says which was used. EOS is suppressed with ``min_tokens``
+and/or ``ignore_eos`` (``eos`` knob; presets know what their server accepts) and every prompt is unique, so no
+prefix cache inflates the numbers.
 
 The API key is read from the environment variable named by ``api_key_env`` and is never stored: not in the
 fingerprint, not in an error message, not in a log excerpt.
@@ -19,7 +19,6 @@ fingerprint, not in an error message, not in a log excerpt.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import difflib
@@ -29,21 +28,19 @@ import random
 import shlex
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pytest_llmperf.core.workload import Request, RequestRecord
+from pytest_llmperf.engines.openai_stream import ROUTES, Load, RequestFailed, drive, run_sync
 from pytest_llmperf.engines.server import Redactor, ServerProcess, free_port
 from pytest_llmperf.errors import EngineError
-
-_T = TypeVar("_T")
 
 EOS_MODES = ("min_tokens", "ignore_eos", "both", "none")
 
@@ -112,36 +109,6 @@ class _Refused(EngineError):
     """Nothing listens at the server's address."""
 
 
-class _RequestFailed(Exception):
-    def __init__(self, index: int, what: str) -> None:
-        super().__init__(what)
-        self.index = index
-        self.what = what
-
-
-def _run_sync(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``coroutine`` to completion from synchronous code, even inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    result: list[_T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(asyncio.run(coroutine))
-        except BaseException as error:  # re-raised in the caller's thread
-            failure.append(error)
-
-    thread = threading.Thread(target=target, name="llmperf-openai-client")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
-
-
 def _normalise_base_url(url: str) -> tuple[str, tuple[str, str] | None]:
     """``url`` without user info, a trailing slash or ``/v1``, and the ``(user, password)`` it carried.
 
@@ -178,6 +145,7 @@ class OpenAIEngine:
     _KNOBS = (
         "model", "base_url", "launch", "server_args", "server_env", "api_key_env", "api_key_server_env", "health_path",
         "startup_timeout_s", "request_timeout_s", "eos", "tokenize", "stream_usage", "sampling", "served_model",
+        "endpoint",
     )
 
     def __init__(self, **config: Any) -> None:
@@ -203,6 +171,9 @@ class OpenAIEngine:
         self.startup_timeout_s = float(config.get("startup_timeout_s", 120.0))
         self.request_timeout_s = float(config.get("request_timeout_s", 300.0))
         self.stream_usage = bool(config.get("stream_usage", True))
+        self.endpoint = str(config.get("endpoint", "completions"))
+        if self.endpoint not in ROUTES:
+            raise EngineError(f"endpoint={self.endpoint!r} is not one of {', '.join(ROUTES)}")
         self.sampling: dict[str, Any] = {"temperature": 0.0, **dict(config.get("sampling") or {})}
         self.server_args = [str(arg) for arg in config.get("server_args") or ()]
         self.server_env = {str(key): str(value) for key, value in dict(config.get("server_env") or {}).items()}
@@ -373,13 +344,69 @@ class OpenAIEngine:
         return None
 
     def _tokenize_with(self, path: str, text: str) -> int:
+        return len(self._tokens_with(path, text))
+
+    def _tokens_with(self, path: str, text: str) -> list[int]:
         # One body for every known route: llama-cpp-python reads "input", vLLM "prompt", llama-server "content".
         body = {"input": text, "prompt": text, "content": text, "add_special": True, "model": self.model_name}
         answer = self._http("POST", path, body)
         tokens = answer.get("tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, list):
             raise EngineError(f"{self._where()}: POST {path} answered without a token list")
-        return len(tokens)
+        return [int(token) for token in tokens]
+
+    # --- what lm-eval's server model types need (engines/openai_lm.py) ------------------------------------
+
+    @property
+    def tokenize_path(self) -> str | None:
+        """The tokenize route found on the server (None: it has none)."""
+        return self._tokenize_path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    def bearer_token(self) -> str | None:
+        scheme, _, token = self._headers.get("Authorization", "").partition(" ")
+        return token if scheme == "Bearer" else None
+
+    def describe_where(self) -> str:
+        return self._where()
+
+    def has_route(self, path: str) -> bool:
+        """The server answers GET ``path`` with a success."""
+        try:
+            self._http("GET", path, timeout=5)
+        except EngineError:
+            return False
+        return True
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._http("POST", path, body, timeout=self.request_timeout_s)
+
+    def tokenize(self, text: str) -> list[int]:
+        """The ids the server gives ``text`` as a prompt (with the BOS it adds)."""
+        if self._tokenize_path is None:
+            raise EngineError(f"{self._where()} has no tokenize route (config key 'tokenize')")
+        return self._tokens_with(self._tokenize_path, text)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens``, from the detokenize route beside the tokenize one."""
+        if self._tokenize_path is None:
+            raise EngineError(f"{self._where()} has no tokenize route (config key 'tokenize')")
+        path = self._tokenize_path.replace("tokenize", "detokenize")
+        answer = self._http("POST", path, {"tokens": list(tokens), "model": self.model_name})
+        # llama-cpp-python answers "text", llama-server "content", vLLM "prompt".
+        for key in ("text", "content", "prompt"):
+            if isinstance(answer, dict) and isinstance(answer.get(key), str):
+                return str(answer[key])
+        raise EngineError(f"{self._where()}: POST {path} answered without a text: {str(answer)[:200]}")
+
+    def lm_eval_model(self, **model_args: Any) -> Any:
+        """lm-eval's own model type for this server (``engines/openai_lm.py``); ``model_args`` as lm-eval's."""
+        from pytest_llmperf.engines.openai_lm import lm_eval_model
+
+        return lm_eval_model(self, **model_args)
 
     @property
     def model_name(self) -> str:
@@ -406,6 +433,8 @@ class OpenAIEngine:
             "sampling": self.sampling,
             "eos": self.eos,
         }
+        if self.endpoint != "completions":  # absent for the default, so older baselines see no change
+            description["endpoint"] = self.endpoint
         if self._counts:
             description["token_counts"] = dict(self._counts)
         if self.launch_name == "llama_cpp_server":
@@ -455,7 +484,8 @@ class OpenAIEngine:
 
     def tag_prompt(self, text: str, seed: int) -> str:
         tagged = f"[request {seed}] {text}"
-        count = self._count(tagged)
+        # A chat prompt is wrapped in the server's chat template: only the server's usage can count it.
+        count = self._count(tagged) if self.endpoint == "completions" else None
         if count is not None:
             self._prompt_tokens[tagged] = count
         return tagged
@@ -463,9 +493,13 @@ class OpenAIEngine:
     def _body(self, request: Request) -> bytes:
         if not isinstance(request.prompt, str):
             raise EngineError("the openai backend sends text prompts; build requests with its make_prompt()")
+        # The chat route gets the prompt as one user message; the server's chat template wraps it, so its
+        # prompt tokens (from usage) are more than the workload's n_prompt.
+        prompt = {"messages": [{"role": "user", "content": request.prompt}]} if self.endpoint == "chat" \
+            else {"prompt": request.prompt}
         body: dict[str, Any] = {
             "model": self.model_name,
-            "prompt": request.prompt,
+            **prompt,
             "max_tokens": request.max_tokens,
             "stream": True,
             **self.sampling,
@@ -482,11 +516,13 @@ class OpenAIEngine:
         self, requests: Sequence[Request], concurrency: int = 1, request_rate: float | None = None, seed: int = 0
     ) -> list[RequestRecord]:
         bodies = [self._body(request) for request in requests]
-        known = [self._prompt_tokens.get(request.prompt) if isinstance(request.prompt, str) else None
+        known = [self._prompt_tokens.get(request.prompt)
+                 if isinstance(request.prompt, str) and self.endpoint == "completions" else None
                  for request in requests]
         try:
-            records = _run_sync(self._drive(bodies, known, concurrency, request_rate, seed))
-        except _RequestFailed as failure:
+            load = Load(self.base_url + ROUTES[self.endpoint], self._headers, self.request_timeout_s, self.endpoint)
+            records = run_sync(drive(load, bodies, known, concurrency, request_rate, seed))
+        except RequestFailed as failure:
             raise self._failure(failure) from None
         self._counts = {
             "output_tokens": "usage" if all(r.counted_by == "usage" for r in records) else "chunks",
@@ -495,8 +531,9 @@ class OpenAIEngine:
         }
         return records
 
-    def _failure(self, failure: _RequestFailed) -> EngineError:
-        what = f"request {failure.index} (POST {self.base_url}/v1/completions): {self._redact(failure.what)}"
+    def _failure(self, failure: RequestFailed) -> EngineError:
+        route = ROUTES[self.endpoint]
+        what = f"request {failure.index} (POST {self.base_url}{route}): {self._redact(failure.what)}"
         if self._server is not None:
             # A connection error can arrive a moment before the process is gone.
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -506,118 +543,6 @@ class OpenAIEngine:
                 return self._server.failure(f"{exited} during the run; {what}")
             return self._server.failure(f"failed a request: {what}")
         return EngineError(f"{self._where()} failed a request: {what}")
-
-    async def _drive(
-        self, bodies: list[bytes], known: list[int | None], concurrency: int, rate: float | None, seed: int
-    ) -> list[RequestRecord]:
-        import aiohttp
-
-        count = len(bodies)
-        arrivals: list[float] | None = None
-        if rate is not None:
-            rng = random.Random(seed)
-            arrivals, clock = [], 0.0
-            for _ in range(count):
-                arrivals.append(clock)
-                clock += rng.expovariate(rate)
-        records: list[RequestRecord | None] = [None] * count
-        url = self.base_url + "/v1/completions"
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers) as session:
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            position = 0
-
-            async def worker() -> None:
-                nonlocal position
-                while position < count:
-                    index = position
-                    position += 1
-                    if arrivals is not None:
-                        delay = start + arrivals[index] - loop.time()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    records[index] = await self._one(session, url, index, bodies[index], known[index])
-
-            workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, count))]
-            try:
-                await asyncio.gather(*workers)
-            except BaseException:
-                for task in workers:
-                    task.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                raise
-        return [record for record in records if record is not None]
-
-    async def _one(
-        self, session: Any, url: str, index: int, body: bytes, prompt_tokens: int | None
-    ) -> RequestRecord:
-        import aiohttp
-
-        chunk_times: list[float] = []
-        usage: Any = None
-        finished = done = False
-        perf_counter = time.perf_counter
-        loads = json.loads
-        t_send = perf_counter()
-        try:
-            async with session.post(url, data=body) as response:
-                if response.status != 200:
-                    detail = (await response.read())[:300].decode(errors="replace")
-                    raise _RequestFailed(index, f"HTTP {response.status}: {detail}")
-                if response.content_type != "text/event-stream":
-                    detail = (await response.read())[:200].decode(errors="replace")
-                    raise _RequestFailed(
-                        index,
-                        f"the server did not stream (Content-Type {response.content_type}, expected "
-                        f"text/event-stream); does it support stream: true? Body: {detail}",
-                    )
-                pending = b""
-                async for data in response.content.iter_any():
-                    now = perf_counter()
-                    lines = (pending + data).split(b"\n")
-                    pending = lines.pop()
-                    for line in lines:
-                        if not line.startswith(b"data:"):
-                            continue  # blank separators, comments, event/id fields
-                        payload = line[5:].strip()
-                        if payload == b"[DONE]":
-                            done = True
-                            continue
-                        try:
-                            event = loads(payload)
-                            choices = event["choices"]
-                            texts = [(choice.get("text"), choice.get("finish_reason")) for choice in choices]
-                        except (ValueError, KeyError, TypeError, AttributeError):
-                            if isinstance(event_error := _error_of(payload), str):
-                                what = f"the server sent an error in the stream: {event_error}"
-                                raise _RequestFailed(index, what) from None
-                            raise _RequestFailed(
-                                index, f"malformed stream: an event is not a completion chunk: {payload[:200]!r}"
-                            ) from None
-                        for text, finish_reason in texts:
-                            if text:
-                                chunk_times.append(now)
-                            if finish_reason:
-                                finished = True
-                        if event.get("usage"):
-                            usage = event["usage"]
-        except asyncio.TimeoutError:
-            raise _RequestFailed(
-                index, f"timed out after {self.request_timeout_s:g} s (config key 'request_timeout_s')"
-            ) from None
-        except aiohttp.ClientError as error:
-            raise _RequestFailed(index, f"connection failed: {type(error).__name__}: {error}") from None
-        t_done = perf_counter()
-        if not (done or finished):
-            raise _RequestFailed(index, "malformed stream: it ended without a finish_reason or 'data: [DONE]'")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            return RequestRecord(
-                t_send, t_done, int(usage.get("prompt_tokens") or 0) or prompt_tokens, usage["completion_tokens"],
-                chunk_times, counted_by="usage",
-            )
-        return RequestRecord(t_send, t_done, prompt_tokens, len(chunk_times), chunk_times, counted_by="chunks")
 
     def fidelity_logprobs(self, prompt: str, top_k: int, context: str = "") -> tuple[list[Any], str]:
         """The server's top-``top_k`` next-token log-probabilities at every prompt position (``echo`` with
@@ -662,15 +587,3 @@ class OpenAIEngine:
     def close(self) -> None:
         if self._server is not None:
             self._server.stop()
-
-
-def _error_of(payload: bytes) -> str | None:
-    """The message of an ``{"error": ...}`` event, or None."""
-    try:
-        event = json.loads(payload)
-    except ValueError:
-        return None
-    if isinstance(event, dict) and "error" in event:
-        error = event["error"]
-        return str(error.get("message", error)) if isinstance(error, dict) else str(error)
-    return None

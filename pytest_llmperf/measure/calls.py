@@ -314,19 +314,26 @@ def accuracy(
     tolerances: Mapping[str, object] | None = None,
     check: bool = True,
     name: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
     **evaluate_kwargs: Any,
 ) -> tuple[AccuracyResult, Part]:
-    """Score lm-eval ``tasks`` on ``engine`` through lm-eval's own evaluator."""
+    """Score lm-eval ``tasks`` on ``engine`` through lm-eval's own evaluator; ``model_args`` go to the engine's
+    lm-eval model (server engines: lm-eval's ``--model_args``, e.g. ``num_concurrent``, ``tokenizer``)."""
     from pytest_llmperf.measure.accuracy import evaluate
 
     make_model = getattr(engine, "lm_eval_model", None)
     if make_model is None:
         raise LlmperfError(f"the {engine.backend!r} engine cannot be scored by lm-eval (no lm-eval model)")
+    lm = make_model(**dict(model_args or {}))
+    if getattr(engine, "endpoint", None) == "chat":
+        evaluate_kwargs.setdefault("apply_chat_template", True)  # lm-eval's chat model takes messages
     scores = evaluate(
-        make_model(), tasks, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, seed=seed,
-        **evaluate_kwargs,
+        lm, tasks, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, seed=seed, **evaluate_kwargs,
     )
     metrics = prefixed(name, scores.metrics)
+    described = getattr(lm, "llmperf_describe", None)
+    if described:
+        scores.fingerprint["accuracy"]["lm_eval_model"] = described
     part = Part(
         "lm_eval_scorer", metrics, tuple(metrics) if check else (), stderr=prefixed(name, scores.stderr),
         fingerprint={**fingerprint(engine.describe(), ("lm-eval",)), **scores.fingerprint},

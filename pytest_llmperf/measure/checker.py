@@ -191,13 +191,14 @@ class LmEvalScorer:
         self, engine: Engine, tasks: Sequence[str], *, limit: int | float | None = None,
         num_fewshot: int | None = None, batch_size: int | str | None = None, seed: int = 1234,
         tolerances: Mapping[str, object] | None = None, check: bool = True, name: str | None = None,
-        **evaluate_kwargs: Any,
+        model_args: Mapping[str, Any] | None = None, **evaluate_kwargs: Any,
     ) -> AccuracyResult:
         """Score ``tasks`` (shipped task names, lm-eval task names or YAML paths) on ``engine``; every
-        ``<task>.<metric>`` is gated with its stderr (``check=False``: scored only)."""
+        ``<task>.<metric>`` is gated with its stderr (``check=False``: scored only). ``model_args``: for server
+        engines, lm-eval's ``--model_args`` (``num_concurrent``, ``tokenizer``, ...)."""
         scores, part = calls.accuracy(
             engine, tasks, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, seed=seed,
-            tolerances=tolerances, check=check, name=name, **evaluate_kwargs,
+            tolerances=tolerances, check=check, name=name, model_args=model_args, **evaluate_kwargs,
         )
         self._check._add(part)
         return scores
