@@ -11,6 +11,8 @@
   ``first_token_latency``; end-to-end is TTFT + ``last_token_ts - first_token_ts``. There are no inter-token
   gaps, so ``itl_*`` are unavailable (None). Without stats, TTFT is unavailable and end-to-end is the
   ``generate`` call's wall time.
+- Accuracy: ``lm_eval_model()`` is an lm-eval ``LM`` over this engine's ``LLM`` (``vllm_lm.py``), so scoring
+  loads no second copy of the model.
 - Teardown frees the GPU: the engine core is shut down, then vLLM's own ``cleanup_dist_env_and_memory()``.
 """
 
@@ -30,6 +32,8 @@ from pytest_llmperf.errors import EngineError
 
 #: Sampling fields the runner owns: every request generates exactly n_predict tokens.
 _RUNNER_OWNED = {"max_tokens", "min_tokens", "ignore_eos", "n", "detokenize"}
+#: lm-eval model_args that ``lm_eval_model`` takes (the rest of lm-eval's ``vllm`` ones build a model).
+_LM_EVAL_MODEL_ARGS = {"batch_size", "max_gen_toks"}
 
 
 def _suggest(name: str, known: set[str]) -> str:
@@ -133,6 +137,27 @@ class VllmEngine:
             else:
                 records.append(RequestRecord(t_send, t_batch_done, prompt_tokens, generated, []))
         return records
+
+    def lm_eval_model(self, **model_args: Any) -> Any:
+        """An lm-eval ``LM`` scoring with this engine's own ``vllm.LLM`` (imports lm-eval; loads nothing new).
+
+        ``model_args``: lm-eval's ``vllm`` model arguments that apply to a model already loaded, ``batch_size``
+        (requests per ``generate`` call, or ``"auto"``) and ``max_gen_toks``.
+        """
+        if self._llm is None:
+            raise EngineError("the vllm engine is closed: build a new one to score accuracy")
+        unknown = sorted(set(model_args) - _LM_EVAL_MODEL_ARGS)
+        if unknown:
+            raise EngineError(
+                f"the vllm engine's lm-eval model takes model_args {sorted(_LM_EVAL_MODEL_ARGS)}, got {unknown}; "
+                "the model itself is the engine's (set its knobs in engine_factory)"
+            )
+        from pytest_llmperf.engines.vllm_lm import VllmLM
+
+        lm = VllmLM(self._llm, **model_args)
+        # What changes the scores goes into the fingerprint; batch_size only splits the generate calls.
+        lm.llmperf_describe = {"model_type": "vllm_lm", **{k: v for k, v in model_args.items() if k != "batch_size"}}
+        return lm
 
     def close(self) -> None:
         llm, self._llm = self._llm, None
