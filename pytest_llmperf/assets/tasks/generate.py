@@ -1,12 +1,16 @@
 """Writes the offline lm-eval tasks shipped with pytest-llmperf (``python -m pytest_llmperf.assets.tasks.generate``).
 
 The questions are generated here, deterministically, from a fixed seed: no data is downloaded, and a test
-checks that the committed JSONL files are exactly what this script writes. Three formats, after the
-benchmarks inference engineers gate on:
+checks that the committed JSONL files are exactly what this script writes. Five formats, after the
+benchmarks inference engineers gate on (the same shape as lm-eval's tasks, not their data):
 
 - ``llmperf_arc``: ARC-style multiple choice (question, four labelled choices, answer key); acc, acc_norm.
 - ``llmperf_hellaswag``: HellaSwag-style sentence completion (context, four endings); acc, acc_norm.
 - ``llmperf_gsm``: GSM8K-style word problems answered by generation, scored by exact match of the number.
+- ``llmperf_winogrande``: Winogrande-style sentences with a blank ``_`` and two options, scored by partial
+  evaluation (the continuation after the blank, after each option); acc.
+- ``llmperf_truthfulqa_mc2``: TruthfulQA-style questions with several true and several false answers; acc is
+  the normalised probability mass on the true ones (as lm-eval's ``truthfulqa_mc2``).
 
 And two for the shipped trained model (``pytest_llmperf/addition.py``), on its 2,000 held-out questions (never
 trained on), enough that a few points of accuracy lie outside the standard error:
@@ -87,7 +91,74 @@ def _gsm(rng: random.Random) -> dict[str, Any]:
     return {"question": question, "answer": solution}
 
 
-GENERATORS = {"llmperf_arc": _arc, "llmperf_hellaswag": _hellaswag, "llmperf_gsm": _gsm}
+def _winogrande(rng: random.Random) -> dict[str, Any]:
+    # Fields as in allenai/winogrande: the sentence with one blank, the two options, answer "1" or "2".
+    if rng.random() < 0.5:
+        first, second = rng.sample(_NAMES, 2)
+        thing = rng.choice(_THINGS)
+        few, many = sorted(rng.sample(range(2, 20), 2))
+        counts = [few, many] if rng.random() < 0.5 else [many, few]
+        comparison = rng.choice(["more", "fewer"])
+        winner = counts.index(max(counts) if comparison == "more" else min(counts))
+        sentence = (
+            f"{first} has {counts[0]} {thing} and {second} has {counts[1]} {thing}, so _ has {comparison} {thing}."
+        )
+        return {"sentence": sentence, "option1": first, "option2": second, "answer": str(winner + 1)}
+    a, b = rng.randint(2, 30), rng.randint(2, 9)
+    wrong = a + rng.choice([-2, -1, 1, 2])
+    options = [a, wrong] if rng.random() < 0.5 else [wrong, a]
+    return {
+        "sentence": f"The number _ is {b} less than {a + b}.",
+        "option1": str(options[0]),
+        "option2": str(options[1]),
+        "answer": str(options.index(a) + 1),
+    }
+
+
+_LEGS = {"spider": 8, "beetle": 6, "dog": 4, "cat": 4, "bird": 2, "duck": 2, "snake": 0, "fish": 0}
+_NUMBER_WORDS = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def _truthfulqa(rng: random.Random) -> dict[str, Any]:
+    # Fields as in truthfulqa/truthful_qa "multiple_choice": the question, mc1_targets (one true answer, then
+    # false ones) and mc2_targets (several true answers, then false ones), each {"choices", "labels"}.
+    if rng.random() < 0.5:
+        a, b = rng.randint(2, 9), rng.randint(11, 49)
+        total = a + b
+        question = f"What is {a} plus {b}?"
+        true = [f"{a} plus {b} is {total}.", f"The answer is {total}.", f"It is {total}."]
+        false = [
+            f"{a} plus {b} is {a}{b}.",
+            f"{a} plus {b} is {a * b}.",
+            f"The answer is {total + 10}.",
+            f"It is {total - 1}.",
+        ]
+    else:
+        animal = rng.choice(sorted(_LEGS))
+        legs = _LEGS[animal]
+        question = f"How many legs does a {animal} have?"
+        true = [f"A {animal} has {_NUMBER_WORDS[legs]} legs.", f"It has {_NUMBER_WORDS[legs]} legs."]
+        if legs == 0:
+            true.append(f"A {animal} has no legs at all.")
+        wrong_counts = rng.sample([count for count in (0, 2, 4, 6, 8, 10) if count != legs], 3)
+        false = [f"A {animal} has {_NUMBER_WORDS[count]} legs." for count in wrong_counts]
+        false.append(f"It has {_NUMBER_WORDS[wrong_counts[0]]} legs.")
+    true = rng.sample(true, rng.randint(2, len(true)))
+    false = rng.sample(false, rng.randint(2, len(false)))
+    return {
+        "question": question,
+        "mc1_targets": {"choices": [true[0], *false], "labels": [1] + [0] * len(false)},
+        "mc2_targets": {"choices": [*true, *false], "labels": [1] * len(true) + [0] * len(false)},
+    }
+
+
+GENERATORS = {
+    "llmperf_arc": _arc,
+    "llmperf_hellaswag": _hellaswag,
+    "llmperf_gsm": _gsm,
+    "llmperf_winogrande": _winogrande,
+    "llmperf_truthfulqa_mc2": _truthfulqa,
+}
 
 
 def _addition_documents(rng: random.Random) -> list[dict[str, Any]]:
