@@ -41,3 +41,30 @@ def test_server_scaling(engine_factory, llmperf):
     # One sequence at a time: concurrency overlaps only HTTP and tokenising with decoding (measured here:
     # 1.0-1.6x at 4), far from the near-4x of a batching server; and it must not lose throughput either.
     assert 0.6 < scaling.speedup(4) < 2.5
+
+
+#: The trained addition model (its scores are far from chance) behind llama_cpp.server.
+ACCURACY_SERVER = {"launch": "llama_cpp_server", "model": "addition-partial-f16",
+                   "server_args": ["--n_threads", "1", "--n_ctx", "256"]}
+
+
+@pytest.mark.perf
+def test_server_accuracy(engine_factory, lm_eval_scorer):
+    """Accuracy through the server with lm-eval's own local-completions model type (log-likelihoods from echoed
+    prompt logprobs, generation from /v1/completions), gated question by question like in-process accuracy."""
+    engine = engine_factory("openai", **ACCURACY_SERVER)
+    scores = lm_eval_scorer(engine, ["llmperf_addition", "llmperf_addition_mc"], limit=400)
+    assert scores.fingerprint["accuracy"]["lm_eval_model"]["model_type"] == "local-completions"
+    assert scores["llmperf_addition_mc.acc"] > 0.6
+
+
+@pytest.mark.perf
+@pytest.mark.perf_tolerance({"*_tok_s": "10%", "e2e_*": "15%", "ttft_*": "15%", "tpot_*": "15%"})
+def test_server_chat_load(engine_factory, llmperf):
+    """The same load through /v1/chat/completions (endpoint="chat"): the prompt as one user message, wrapped in
+    the server's chat template. llama_cpp.server sends no usage while streaming, so prompt tokens (and with them
+    total_tok_s) are unavailable, not guessed."""
+    engine = engine_factory("openai", **SERVER, endpoint="chat")
+    result = llmperf.measure(engine, LOAD, gate=("completion_tok_s", "e2e_p99", "ttft_p99", "tpot_p50", "rss_peak_gib"))
+    assert result.engine["token_counts"] == {"output_tokens": "chunks", "prompt_tokens": "unavailable"}
+    assert result.total_tok_s is None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf import Workload, reference_of
+from pytest_llmperf import Workload, paired_test, reference_of
 from pytest_llmperf.assets.addition import answer, heldout_pairs, prompt
 
 CHECKPOINT = "partial"
@@ -20,17 +20,16 @@ SPEED = Workload(n_prompt=8, n_predict=32, requests=8, warmup=1, repetitions=5, 
 # Teacher-forced over the answers of 200 held-out sums (the question positions were never trained).
 FIDELITY_PROMPTS = [(prompt(a, b), answer(a, b)) for a, b in heldout_pairs()[::10]]
 TASKS = ["llmperf_addition", "llmperf_addition_mc"]
+#: The F16 model's score of every question, once its test has run (the paired comparison below).
+F16_DOCUMENTS: dict = {}
 
 
 @pytest.mark.perf
 # A 1.45 M-parameter model decodes in ~0.4 ms per token, mostly Python: measured until sure, within 10% (speed)
 # and 15% (latency). Its engine adds 4-10 MB of host memory, and what ran earlier in the session moved that by
-# ~2 MB (allocator reuse), so memory is gated in absolute terms. Accuracy is gated in standard errors, fidelity
-# by the defaults.
-@pytest.mark.perf_tolerance(
-    {"*_tok_s": "10%", "tpot_*": "15%", "rss_peak_gib": "8MiB", "llmperf_addition.exact_match": "2se",
-     "llmperf_addition_mc.acc": "2se"}
-)
+# ~2 MB (allocator reuse), so memory is gated in absolute terms. Accuracy and fidelity by the defaults: accuracy
+# any drop that the questions that moved make significant (docs/accuracy.md).
+@pytest.mark.perf_tolerance({"*_tok_s": "10%", "tpot_*": "15%", "rss_peak_gib": "8MiB"})
 @pytest.mark.parametrize("variant", ["f16", "q8_0", "q4_k_m", "q4_0"])
 def test_quantisation_tradeoff(engine_factory, llmperf, lm_eval_scorer, variant):
     reference = reference_of(engine_factory("llama_cpp", model=f"addition-{CHECKPOINT}-f16", **ENGINE),
@@ -43,3 +42,12 @@ def test_quantisation_tradeoff(engine_factory, llmperf, lm_eval_scorer, variant)
     # Far above chance (1 in 4 for the multiple choice, ~0 for exact match) in every quantisation.
     assert scores.metrics["llmperf_addition_mc.acc"] > 0.6
     assert scores.metrics["llmperf_addition.exact_match"] > 0.5
+    # Each variant is gated against its own baseline; against the F16 model, question by question, Q4_0's drop
+    # (0.798 -> 0.779: 60 questions lost, 22 gained) is significant and Q8_0's move (0.798 -> 0.800) is not.
+    if variant == "f16":
+        F16_DOCUMENTS.update(scores.per_document)
+    elif F16_DOCUMENTS and variant in ("q8_0", "q4_0"):
+        drop = paired_test(F16_DOCUMENTS["llmperf_addition.exact_match"],
+                           scores.per_document["llmperf_addition.exact_match"])
+        assert drop is not None
+        assert (drop.p_worse < 0.01) == (variant == "q4_0"), drop.describe()

@@ -11,7 +11,7 @@ from pytest_llmperf.core.workload import Workload
 from pytest_llmperf.errors import BaselineError, EngineError, LlmperfError
 
 __all__ = ["BaselineError", "EngineError", "KvShape", "LlmperfError", "Workload", "__version__", "kv_cache_bytes",
-           "reference_of"]
+           "paired_test", "reference_of"]
 __version__ = "0.1.0"
 
 
@@ -21,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from pytest_llmperf.core import kv_cache
 
         return getattr(kv_cache, name)
+    if name == "paired_test":
+        from pytest_llmperf.core.paired import paired_test
+
+        return paired_test
     if name == "reference_of":
         from pytest_llmperf.measure.fidelity import reference_of
 

@@ -4,7 +4,8 @@ Layout (schema 1)::
 
     {"schema": 1, "test": "<node id>",
      "metrics": {"<name>": {"value": <float>, "unit": "...", "direction": "higher|lower",
-                            "samples": [<one value per repetition>]}},
+                            "samples": [<one value per repetition>],
+                            "documents": {"key": ..., "scores": "0110..."}}},  # accuracy: per document
      "workload": {...}, "fingerprint": {...},
      "other_hardware": {"<hardware class>": {"metrics": {...}, "workload": {...}, "fingerprint": {...}}}}
 
@@ -32,6 +33,7 @@ from typing import Any
 
 from pytest_llmperf.core.locks import machine_lock
 from pytest_llmperf.core.metrics import invalid_value, metric_spec
+from pytest_llmperf.core.paired import Documents
 from pytest_llmperf.errors import BaselineError, LlmperfError
 
 SCHEMA_VERSION = 1
@@ -48,6 +50,8 @@ class MetricRecord:
     #: The machine's speed (``measure/quality.py`` reference loop) during each sample's repetition, for engines
     #: that compute on this CPU: verdicts compare samples taken at the same machine speed (``core/verdict.py``).
     speeds: list[float] = field(default_factory=list)
+    #: Accuracy metrics: the score of every document, for the paired verdict (``core/paired.py``).
+    documents: Documents | None = None
 
 
 @dataclass
@@ -69,7 +73,7 @@ class Baseline:
         return hardware_class(self.fingerprint)
 
     def to_json(self) -> dict[str, Any]:
-        metrics = {}
+        metrics: dict[str, dict[str, Any]] = {}
         for name, record in sorted(self.metrics.items()):
             spec = metric_spec(name)
             metrics[name] = {
@@ -82,6 +86,8 @@ class Baseline:
                 metrics[name]["stderr"] = record.stderr
             if record.speeds:
                 metrics[name]["machine_speeds"] = record.speeds
+            if record.documents is not None:
+                metrics[name]["documents"] = record.documents.to_json()
         data = {
             "schema": SCHEMA_VERSION,
             "test": self.test,
@@ -278,9 +284,15 @@ def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
             and len(speeds) in (0, len(samples)),
             path, f"metric {name!r} has machine_speeds {speeds!r}; one positive number per sample is required",
         )
+        documents = None
+        if record.get("documents") is not None:
+            try:
+                documents = Documents.from_json(record["documents"])
+            except ValueError as error:
+                raise BaselineError(f"{path}: metric {name!r}: {error}") from None
         metrics[name] = MetricRecord(
             float(value), [float(sample) for sample in samples], None if stderr is None else float(stderr),
-            [float(x) for x in speeds],
+            [float(x) for x in speeds], documents,
         )
     fingerprint = data.get("fingerprint", {})
     _require(isinstance(fingerprint, dict), path, "'fingerprint' must be an object")

@@ -22,6 +22,7 @@ from pytest_llmperf.core.baseline import (
     record_baseline,
 )
 from pytest_llmperf.core.disturbance import summary
+from pytest_llmperf.core.paired import Documents
 from pytest_llmperf.core.tolerance import ToleranceTable
 from pytest_llmperf.core.verdict import MetricComparison, Verdict, compare
 from pytest_llmperf.errors import BaselineError
@@ -127,6 +128,9 @@ class Measurement:
     quality: list[dict[str, float | None]] = field(default_factory=list)
     #: The machine's speed during each sample of a metric measured on this CPU (``MetricRecord.speeds``).
     speeds: Mapping[str, list[float]] = field(default_factory=dict)
+    #: Accuracy metrics: the score of every document (``core/paired.py``), and the paired test's significance.
+    documents: Mapping[str, Documents] = field(default_factory=dict)
+    significance: Mapping[str, float] = field(default_factory=dict)
 
 
 def check_measurement(
@@ -167,7 +171,7 @@ def check_measurement(
         changes += [f"workload.{change}" for change in fingerprints.diff(baseline.workload, measurement.workload)]
     comparisons = compare(
         measurement.metrics, baseline, tolerances, measurement.samples, measurement.stderr, per_metric,
-        measurement.speeds,
+        measurement.speeds, measurement.documents, measurement.significance,
     )
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))
     outcome.fingerprint, outcome.workload = measurement.fingerprint, measurement.workload
@@ -177,7 +181,7 @@ def check_measurement(
     if update:
         measured = {
             name: MetricRecord(value, list(measurement.samples.get(name, [value])), measurement.stderr.get(name),
-                               list(measurement.speeds.get(name, [])))
+                               list(measurement.speeds.get(name, [])), measurement.documents.get(name))
             for name, value in measurement.metrics.items()
             if value is not None
         }

@@ -19,6 +19,7 @@ from typing import Any
 
 from pytest_llmperf.core.check import CheckOutcome, Measurement, Status, check_measurement
 from pytest_llmperf.core.disturbance import MAX_DISTURBED_SHARE, busy_reason, disturbed_share
+from pytest_llmperf.core.paired import Documents
 from pytest_llmperf.core.tolerance import ToleranceTable
 from pytest_llmperf.core.verdict import Verdict, speed_power
 from pytest_llmperf.errors import LlmperfError
@@ -61,6 +62,9 @@ class Part:
     #: The part computes on this CPU (in-process llama.cpp without GPU layers): its samples carry the machine's
     #: speed, and verdicts compare them at the same speed (``core/verdict.py``).
     cpu_bound: bool = False
+    #: Accuracy: the score of every document of each metric, and the paired test's significance for them.
+    documents: dict[str, Documents] = field(default_factory=dict)
+    significance: float | None = None
 
     def speeds(self) -> dict[str, list[float]]:
         """Each metric's machine speeds, one per sample, where samples and repetitions line up."""
@@ -134,6 +138,9 @@ class TestRecord:
             reference=reference,
             quality=[figures for part in self.parts for figures in part.quality],
             speeds={name: s for part in self.parts for name, s in part.speeds().items() if name in gated},
+            documents={name: d for part in self.parts for name, d in part.documents.items() if name in gated},
+            significance={name: part.significance for part in self.parts if part.significance is not None
+                          for name in part.documents if name in gated},
         )
 
     def tolerance_tables(self, base: ToleranceTable) -> dict[str, ToleranceTable]:

@@ -11,6 +11,7 @@ from enum import Enum
 from pytest_llmperf.core.baseline import Baseline, MetricRecord
 from pytest_llmperf.core.intervals import Interval, shift_interval
 from pytest_llmperf.core.metrics import format_value, invalid_value, metric_spec
+from pytest_llmperf.core.paired import SIGNIFICANCE, Documents, PairedTest, paired_test
 
 __all__ = ["LEVEL", "MetricComparison", "Verdict", "compare", "format_value", "judge"]
 from pytest_llmperf.core.tolerance import Tolerance, ToleranceTable
@@ -59,6 +60,8 @@ class MetricComparison:
     sure: bool = True
     #: The interval compares samples at the same machine speed, adjusted for it (``SAME_MACHINE``).
     adjusted: bool = False
+    #: Accuracy judged document by document against the baseline's documents (``core/paired.py``).
+    paired: PairedTest | None = None
 
     @property
     def delta_pct(self) -> float | None:
@@ -74,6 +77,8 @@ class MetricComparison:
         if self.interval is not None:
             kind = "ratio" if self.tolerance.kind == "relative" else "difference"
             change += f"{'machine-adjusted ' if self.adjusted else ''}{kind} {self.interval}, "
+        if self.paired is not None:
+            change += f"{self.paired.describe()}, "
         return (
             f"{self.metric}: {format_value(self.baseline)} -> {format_value(self.current)} "
             f"({change}tolerance {self.tolerance})"
@@ -144,8 +149,13 @@ def judge(
     current_samples: Sequence[float] = (),
     current_stderr: float | None = None,
     current_speeds: Sequence[float] = (),
+    current_documents: Documents | None = None,
+    significance: float = SIGNIFICANCE,
 ) -> MetricComparison:
     """The verdict of one metric: only a change in the bad direction beyond tolerance is a regression.
+
+    Accuracy scored on the same documents as the baseline's is judged paired (``core/paired.py``): a change
+    beyond tolerance counts only when the documents that moved make it significant at ``significance``.
 
     Noise rule: when both sides have per-repetition samples (at least 2 each), the change is the Hodges-Lehmann
     estimate of current/baseline (or current - baseline, for an absolute tolerance) with its Moses interval at
@@ -170,6 +180,14 @@ def judge(
     )
     allowed = tolerance.allowed(baseline.value, combined_stderr)
     point = Verdict.OK if abs(worse_by) <= allowed else Verdict.REGRESSED if worse_by > 0 else Verdict.IMPROVED
+    # Documents that do not average to the stored value (a hand-edited baseline) say nothing about it.
+    if baseline.documents is not None and current_documents is not None and baseline.documents.scores and \
+            math.isclose(math.fsum(baseline.documents.scores) / len(baseline.documents.scores), baseline.value,
+                         rel_tol=1e-9, abs_tol=1e-9):
+        higher = metric_spec(name).direction == "higher"
+        test = paired_test(baseline.documents, current_documents, higher)
+        if test is not None:
+            return _paired(name, baseline.value, current, tolerance, point, test, significance)
     # Samples that do not match the stored value (a hand-edited baseline) say nothing about it.
     if not (baseline.samples and current_samples and math.isclose(statistics.median(baseline.samples),
                                                                     baseline.value)):
@@ -206,6 +224,19 @@ def judge(
     return made(Verdict.OK, sure=False)
 
 
+def _paired(
+    name: str, stored: float, current: float, tolerance: Tolerance, point: Verdict, test: PairedTest,
+    significance: float,
+) -> MetricComparison:
+    """The paired verdict: beyond tolerance *and* significant; beyond tolerance alone is ok, not sure."""
+    p_value = test.p_worse if point is Verdict.REGRESSED else test.p_better
+    if point is Verdict.OK or p_value < significance:
+        return MetricComparison(name, stored, current, tolerance, point, paired=test)
+    note = (f"{name} moved beyond tolerance, but not significantly document by document (p={p_value:.2g} >= "
+            f"{significance:g}): {test.describe()}")
+    return MetricComparison(name, stored, current, tolerance, Verdict.OK, note, sure=False, paired=test)
+
+
 def compare(
     current: Mapping[str, float | None],
     baseline: Baseline | None,
@@ -214,6 +245,8 @@ def compare(
     current_stderr: Mapping[str, float | None] | None = None,
     per_metric: Mapping[str, ToleranceTable] | None = None,
     current_speeds: Mapping[str, Sequence[float]] | None = None,
+    current_documents: Mapping[str, Documents] | None = None,
+    significance: Mapping[str, float] | None = None,
 ) -> list[MetricComparison]:
     """Compare every metric in ``current`` with ``baseline`` (None: all new); ``per_metric`` overrides the
     tolerance table for some metrics (a call's own tolerances)."""
@@ -230,6 +263,8 @@ def compare(
             samples.get(name, ()),
             stderr.get(name),
             (current_speeds or {}).get(name, ()),
+            (current_documents or {}).get(name),
+            (significance or {}).get(name, SIGNIFICANCE),
         )
         for name, value in sorted(current.items())
     ]

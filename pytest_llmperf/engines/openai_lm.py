@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompletionsAPI
 
 from pytest_llmperf.errors import EngineError, LlmperfError
 
-if TYPE_CHECKING:
-    from pytest_llmperf.engines.openai import OpenAIEngine
+#: The ``OpenAIEngine`` (engines/openai.py imports this module when scoring; typed loosely to keep it one-way).
+OpenAIEngine = Any
 
 #: lm-eval ``model_args`` a test may set (the rest are the engine's: URL, model, key, timeout).
 MODEL_ARGS = ("tokenizer", "num_concurrent", "max_retries", "max_length", "max_gen_toks", "batch_size",
@@ -60,14 +60,14 @@ class ServerTokenizer:
         return self.eos_token_id
 
     def encode(self, text: str) -> list[int]:
-        tokens = self._engine.tokenize(text)
+        tokens = [int(token) for token in self._engine.tokenize(text)]
         return tokens[1:] if tokens and tokens[0] == self.bos_token_id else tokens
 
     def decode(self, tokens: Sequence[int]) -> str:
         tokens = list(tokens)
         if tokens and tokens[0] == self.bos_token_id:
             tokens = tokens[1:]
-        return self._engine.detokenize(tokens) if tokens else ""
+        return str(self._engine.detokenize(tokens)) if tokens else ""
 
     def batch_decode(self, batch: Sequence[Sequence[int]], **_: Any) -> list[str]:
         return [self.decode(tokens) for tokens in batch]

@@ -17,6 +17,7 @@ from typing import Any
 from pytest_llmperf.core.baseline import baseline_path, hardware_class, load_baseline
 from pytest_llmperf.core.check import accept_command
 from pytest_llmperf.core.fingerprint import environment, fingerprint
+from pytest_llmperf.core.paired import SIGNIFICANCE
 from pytest_llmperf.core.record import Part, Remeasured, prefixed
 from pytest_llmperf.core.tolerance import ToleranceTable
 from pytest_llmperf.core.workload import Workload
@@ -315,6 +316,7 @@ def accuracy(
     check: bool = True,
     name: str | None = None,
     model_args: Mapping[str, Any] | None = None,
+    significance: float = SIGNIFICANCE,
     **evaluate_kwargs: Any,
 ) -> tuple[AccuracyResult, Part]:
     """Score lm-eval ``tasks`` on ``engine`` through lm-eval's own evaluator; ``model_args`` go to the engine's
@@ -338,7 +340,7 @@ def accuracy(
         "lm_eval_scorer", metrics, tuple(metrics) if check else (), stderr=prefixed(name, scores.stderr),
         fingerprint={**fingerprint(engine.describe(), ("lm-eval",)), **scores.fingerprint},
         workload={"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "documents": scores.documents},
-        tolerances=tolerances, name=name,
+        tolerances=tolerances, name=name, documents=prefixed(name, scores.per_document), significance=significance,
     )
     return scores, part
 
