@@ -35,6 +35,12 @@ def test_example_runs(pytester: pytest.Pytester, where: str, code: str) -> None:
     compile(code, where, "exec")
     if "def test_" not in code:
         return  # a fragment (a conftest hook, engine configurations): compiling is what can be checked here
+    if "lm_eval_scorer" in code:
+        # pytester's in-process run drops the modules it imported afterwards, but lm-eval's model registry (imported
+        # earlier) keeps their registrations: re-imported later, they fail "alias ... already registered". Imported
+        # here first, they are part of the snapshot pytester restores.
+        import lm_eval.evaluator
+        import lm_eval.models.openai_completions  # noqa: F401
     pytester.makepyfile(test_example=code)
     args = ("-p", "no:cacheprovider", "-m", "perf", "-W", "ignore::pytest.PytestAssertRewriteWarning")
     recorded = pytester.runpytest(*args, "--update-baselines")
