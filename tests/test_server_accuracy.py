@@ -91,6 +91,14 @@ def test_server_accuracy_equals_the_in_process_scorer(server: OpenAIEngine, in_p
     assert 0.3 < served["llmperf_addition_mc.acc"] < 1.0 and served["llmperf_addition.exact_match"] > 0.3
 
 
+def test_concurrent_requests_score_the_same(server: OpenAIEngine) -> None:
+    """lm-eval's num_concurrent sends the requests from asyncio (another code path to the same parser)."""
+    tasks = ["llmperf_addition_mc", "llmperf_addition"]
+    one = evaluate(server.lm_eval_model(), tasks, limit=12)
+    many = evaluate(server.lm_eval_model(num_concurrent=3), tasks, limit=12)
+    assert many.metrics == one.metrics and one["llmperf_addition_mc.acc"] > 0.3
+
+
 def _lm_eval_cli(server: OpenAIEngine, task: str, limit: int, folder: Path) -> dict[str, float]:
     """lm-eval's own CLI against ``server``, run from an unrelated folder as a user would.
 
