@@ -7,18 +7,16 @@ import hashlib
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_llmperf.engines.llama_cpp import LlamaCppEngine, resolve_model
+from pytest_llmperf.engines.llama_cpp import LlamaCppEngine
+from pytest_llmperf.engines.openai import OpenAIEngine
 from pytest_llmperf.measure.accuracy import SHIPPED_TASKS, TASKS_DIR, evaluate, metrics_from_results, resolve_tasks
 
 MODEL = "q4_k_m"
@@ -168,36 +166,14 @@ def test_own_yaml_with_the_shipped_loader_reads_data_beside_it(
     assert scores.documents == {"my_beside_qa": 3}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """``llama_cpp.server`` serving the same file as ``engine`` on 127.0.0.1, stopped afterwards."""
-    port = _free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_model(MODEL))]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", "2"]
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with log_path.open("wb") as log:  # a file, not a pipe: llama.cpp's load log would fill a pipe and block
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/v1/models", timeout=2):
-                        break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"llama_cpp.server did not start: {log_path.read_text()[-2000:]}") from None
-                    time.sleep(0.2)
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    engine = OpenAIEngine(launch="llama_cpp_server", model=MODEL, server_args=["--n_ctx", "512", "--n_threads", "2"])
+    try:
+        yield engine.base_url
+    finally:
+        engine.close()
 
 
 def test_lm_eval_cli_runs_every_shipped_task_from_another_folder(
