@@ -262,3 +262,25 @@ def test_measure_tracks_and_gates_gpu_memory(fake_gpus: list[FakeGpu], pytester:
     stored = json.loads((pytester.path / "baselines/test_tracked/test_memory.json").read_text())
     assert stored["metrics"]["mem_max_gib"]["value"] == 6.0
     assert stored["fingerprint"]["hardware"]["class"] == "gpu:NVIDIA H100 80GB HBM3x1:80GiB"
+
+
+def test_process_memory_nvml_cannot_report_is_none(fake_gpus: list[FakeGpu]) -> None:
+    # pynvml turns NVML_VALUE_NOT_AVAILABLE into usedGpuMemory None (WDDM, some virtualised GPUs).
+    fake_gpus.append(FakeGpu(processes=[[(100, None), (200, 3 * GIB)]]))
+    with NvmlTracker(interval_s=3600, pids={100}) as tracker:
+        pass
+    assert tracker.metrics()["mem_process_gib"] is None
+    assert "not available" in tracker.process_reason
+
+
+def test_tracked_process_never_listed_is_none(fake_gpus: list[FakeGpu]) -> None:
+    # In a container NVML lists the host's PIDs: this process is never found, though it may hold GiBs.
+    fake_gpus.append(FakeGpu(processes=[[(4242, 6 * GIB)]]))
+    with NvmlTracker(interval_s=3600, pids={100}) as tracker:
+        pass
+    assert tracker.metrics()["mem_process_gib"] is None
+    assert "container" in tracker.process_reason
+    fake_gpus[0].processes, fake_gpus[0].reads = [[(100, 2 * GIB)]], {}
+    with NvmlTracker(interval_s=3600, pids={100}) as tracker:
+        pass
+    assert tracker.metrics()["mem_process_gib"] == 2.0 and tracker.process_reason == ""

@@ -13,7 +13,10 @@ Metrics, as the study defines them: ``mem_max_gib`` is the max over devices of e
 ``mem_mean_gib`` the mean over devices of each device's peak; ``mem_gpu<N>_gib`` the peak of device N (N = the
 position in ``CUDA_VISIBLE_DEVICES``, as CUDA numbers it); ``mem_process_gib`` the peak of the tracked
 processes' memory summed over devices. With no NVML or no visible GPU every metric is None and ``reason`` says
-why — never a zero.
+why — never a zero. ``mem_process_gib`` alone is None (``process_reason`` says why) when a device cannot list
+processes, when NVML reports a tracked process's memory as not available (``usedGpuMemory`` None), or when no
+tracked process ever appeared in NVML's list: NVML lists processes by the host's PIDs, so inside a container's
+PID namespace this process is never found, and a process that used no GPU looks the same.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ class DeviceTrace:
 
     device: GpuDevice
     used_bytes: list[int] = field(default_factory=list)
-    process_bytes: list[int] = field(default_factory=list)
+    #: The tracked processes' memory per sample; None where NVML reported one of them as not available.
+    process_bytes: list[int | None] = field(default_factory=list)
+    #: Whether any tracked process appeared in NVML's process list of this device.
+    process_seen: bool = False
     utilisation_pct: list[float] = field(default_factory=list)
     power_w: list[float] = field(default_factory=list)
     energy_start_mj: int | None = None
@@ -153,7 +159,10 @@ class NvmlTracker:
             trace.used_bytes.append(int(nvml.nvmlDeviceGetMemoryInfo(handle).used))
             processes = _optional(partial(nvml.nvmlDeviceGetComputeRunningProcesses, handle), nvml.NVMLError)
             if processes is not None:
-                trace.process_bytes.append(sum(int(p.usedGpuMemory or 0) for p in processes if p.pid in pids))
+                mine = [process for process in processes if process.pid in pids]
+                trace.process_seen = trace.process_seen or bool(mine)
+                unknown = any(process.usedGpuMemory is None for process in mine)  # NVML_VALUE_NOT_AVAILABLE
+                trace.process_bytes.append(None if unknown else sum(int(process.usedGpuMemory) for process in mine))
             utilisation = _optional(partial(nvml.nvmlDeviceGetUtilizationRates, handle), nvml.NVMLError)
             if utilisation is not None:
                 trace.utilisation_pct.append(float(utilisation.gpu))
@@ -161,6 +170,28 @@ class NvmlTracker:
             if power is not None:
                 trace.power_w.append(power / 1000.0)
         self.sampling_s += time.perf_counter() - started
+
+    @property
+    def process_reason(self) -> str:
+        """Why ``mem_process_gib`` is unavailable ("" when it is not)."""
+        if not self.available:
+            return self.reason
+        if not all(trace.process_bytes for trace in self.traces):
+            return "NVML cannot list the processes of every device (nvmlDeviceGetComputeRunningProcesses)"
+        if any(value is None for trace in self.traces for value in trace.process_bytes):
+            return "NVML reported a tracked process's GPU memory as not available"
+        if not any(trace.process_seen for trace in self.traces):
+            return ("no tracked process appeared in NVML's process list (in a container NVML lists the host's "
+                    "PIDs; or the processes used no GPU)")
+        return ""
+
+    def _process_peak_gib(self) -> float | None:
+        if self.process_reason:
+            return None
+        # Summed over devices at each sample, then the peak of that sum.
+        per_sample = [sum(v for v in values if v is not None)
+                      for values in zip(*(t.process_bytes for t in self.traces), strict=False)]
+        return float(max(per_sample)) / _GIB
 
     def metrics(self, generated_tokens: int | None = None) -> dict[str, float | None]:
         """Peak/mean memory per device and across devices, utilisation, power, energy (None: unavailable)."""
@@ -174,12 +205,7 @@ class NvmlTracker:
         }
         for trace, peak in zip(self.traces, peaks, strict=True):
             result[f"mem_gpu{trace.device.position}_gib"] = peak
-        if all(trace.process_bytes for trace in self.traces):
-            # Summed over devices at each sample, then the peak of that sum.
-            per_sample = [sum(values) for values in zip(*(t.process_bytes for t in self.traces), strict=False)]
-            result["mem_process_gib"] = max(per_sample) / _GIB
-        else:
-            result["mem_process_gib"] = None
+        result["mem_process_gib"] = self._process_peak_gib()
         utilisation = [value for trace in self.traces for value in trace.utilisation_pct]
         result["gpu_util_pct"] = sum(utilisation) / len(utilisation) if utilisation else None
         power = [sum(t.power_w) / len(t.power_w) for t in self.traces if t.power_w]
