@@ -30,17 +30,24 @@ def test_examples_are_found() -> None:
     assert len(EXAMPLES) >= 6
 
 
+@pytest.fixture(scope="module")
+def lm_eval_imported() -> None:
+    """lm-eval's evaluator and server model types, imported before any pytester snapshot is taken.
+
+    pytester restores ``sys.modules`` to what it held when the ``pytester`` fixture was set up, dropping what an
+    example imported; lm-eval's model registry, imported earlier in this process, keeps the dropped modules'
+    registrations, and importing them again fails with "'model' alias 'local-completions' already registered".
+    Imported here (a module fixture, set up before any function fixture), they stay imported.
+    """
+    import lm_eval.evaluator
+    import lm_eval.models.openai_completions  # noqa: F401
+
+
 @pytest.mark.parametrize(("where", "code"), EXAMPLES, ids=[where for where, _ in EXAMPLES])
-def test_example_runs(pytester: pytest.Pytester, where: str, code: str) -> None:
+def test_example_runs(lm_eval_imported: None, pytester: pytest.Pytester, where: str, code: str) -> None:
     compile(code, where, "exec")
     if "def test_" not in code:
         return  # a fragment (a conftest hook, engine configurations): compiling is what can be checked here
-    if "lm_eval_scorer" in code:
-        # pytester's in-process run drops the modules it imported afterwards, but lm-eval's model registry (imported
-        # earlier) keeps their registrations: re-imported later, they fail "alias ... already registered". Imported
-        # here first, they are part of the snapshot pytester restores.
-        import lm_eval.evaluator
-        import lm_eval.models.openai_completions  # noqa: F401
     pytester.makepyfile(test_example=code)
     args = ("-p", "no:cacheprovider", "-m", "perf", "-W", "ignore::pytest.PytestAssertRewriteWarning")
     recorded = pytester.runpytest(*args, "--update-baselines")
