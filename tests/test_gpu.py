@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from pytest_llmperf.core import hardware as fingerprint
+from pytest_llmperf.measure import gpu
 from pytest_llmperf.measure.gpu import NvmlTracker, visible_devices
 from tests.fake_nvml import GIB, FakeGpu, make_pynvml
 
@@ -284,3 +285,23 @@ def test_tracked_process_never_listed_is_none(fake_gpus: list[FakeGpu]) -> None:
     with NvmlTracker(interval_s=3600, pids={100}) as tracker:
         pass
     assert tracker.metrics()["mem_process_gib"] == 2.0 and tracker.process_reason == ""
+
+
+def test_the_process_set_is_read_again_only_every_refresh_interval(fake_gpus: list[FakeGpu]) -> None:
+    # Walking this process's children costs ~1 ms: not at every sample of a 10 ms interval.
+    fake_gpus.append(FakeGpu(processes=[[(100, 2 * GIB)]]))
+    reads: list[int] = []
+
+    def pids() -> set[int]:
+        reads.append(1)
+        return {100}
+
+    with NvmlTracker(interval_s=3600, pids=pids) as tracker:
+        for _ in range(20):
+            tracker.sample()
+        assert len(reads) == 1
+        assert tracker._pids_read_at is not None
+        tracker._pids_read_at -= gpu.PIDS_REFRESH_S  # half a second later
+        tracker.sample()
+        assert len(reads) == 2
+    assert tracker.metrics()["mem_process_gib"] == 2.0
