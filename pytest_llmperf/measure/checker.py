@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmperf.core.paired import SIGNIFICANCE
 from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.measure import calls
 
@@ -192,7 +193,7 @@ class LmEvalScorer:
         self, engine: Engine, tasks: Sequence[str], *, limit: int | float | None = None,
         num_fewshot: int | None = None, batch_size: int | str | None = None, seed: int = 1234,
         tolerances: Mapping[str, object] | None = None, check: bool = True, name: str | None = None,
-        model_args: Mapping[str, Any] | None = None, significance: float = 0.01, **evaluate_kwargs: Any,
+        model_args: Mapping[str, Any] | None = None, significance: float = SIGNIFICANCE, **evaluate_kwargs: Any,
     ) -> AccuracyResult:
         """Score ``tasks`` (shipped task names, lm-eval task names or YAML paths) on ``engine``; every
         ``<task>.<metric>`` is gated (``check=False``: scored only), document by document against the baseline's
