@@ -26,17 +26,18 @@ F16_DOCUMENTS: dict = {}
 
 @pytest.mark.perf
 # A 1.45 M-parameter model decodes in ~0.4 ms per token, mostly Python: measured until sure, within 10% (speed)
-# and 15% (latency). Its engine adds 4-10 MB of host memory, and what ran earlier in the session moved that by
-# ~2 MB (allocator reuse), so memory is gated in absolute terms. Accuracy and fidelity by the defaults: accuracy
-# any drop that the questions that moved make significant (docs/accuracy.md).
-@pytest.mark.perf_tolerance({"*_tok_s": "10%", "tpot_*": "15%", "rss_peak_gib": "8MiB"})
+# and 15% (latency). Memory is the engine's own buffers as llama.cpp allocates them (engine_mem_gib, exact);
+# this process's RSS moved 2-3x with what ran before it (docs/metrics.md, "Host memory") and is reported only.
+# Accuracy and fidelity by the defaults: accuracy any drop that the questions that moved make significant
+# (docs/accuracy.md).
+@pytest.mark.perf_tolerance({"*_tok_s": "10%", "tpot_*": "15%"})
 @pytest.mark.parametrize("variant", ["f16", "q8_0", "q4_k_m", "q4_0"])
 def test_quantisation_tradeoff(engine_factory, llmperf, lm_eval_scorer, variant):
     reference = reference_of(engine_factory("llama_cpp", model=f"addition-{CHECKPOINT}-f16", **ENGINE),
                              FIDELITY_PROMPTS)
     engine = engine_factory("llama_cpp", model=f"addition-{CHECKPOINT}-{variant}", **ENGINE)
     # Three measuring calls, one record: judged together when the test ends, one baseline file.
-    llmperf.measure(engine, SPEED, gate=["completion_tok_s", "tpot_p50", "rss_peak_gib"])
+    llmperf.measure(engine, SPEED, gate=["completion_tok_s", "tpot_p50", "engine_mem_gib"])
     scores = lm_eval_scorer(engine, TASKS)
     llmperf.fidelity(engine, FIDELITY_PROMPTS, reference=reference)
     # Far above chance (1 in 4 for the multiple choice, ~0 for exact match) in every quantisation.

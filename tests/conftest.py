@@ -24,7 +24,10 @@ os.environ["LLMPERF_MACHINE_SPEED"] = "off"
 
 
 @pytest.fixture(autouse=True)
-def _not_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Strict mode follows $CI; tests choose it explicitly instead."""
+def _not_in_ci(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Strict mode follows $CI; tests choose it explicitly instead. Each test starts with no history of the
+    machine's usual speed (what a recording is held against), so the tests' injected speeds stay their own."""
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    history = tmp_path_factory.mktemp("speed-history") / "machine-speed.json"
+    monkeypatch.setenv("LLMPERF_SPEED_HISTORY", str(history))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 from pytest_llmperf.core import fingerprint as fingerprints
 from pytest_llmperf.core.baseline import (
     Baseline,
+    BaselineFile,
     MetricRecord,
     baseline_path,
     hardware_class,
@@ -22,8 +23,9 @@ from pytest_llmperf.core.baseline import (
     record_baseline,
 )
 from pytest_llmperf.core.disturbance import summary
+from pytest_llmperf.core.metrics import metric_spec
 from pytest_llmperf.core.paired import Documents
-from pytest_llmperf.core.tolerance import ToleranceTable
+from pytest_llmperf.core.tolerance import Tolerance, ToleranceTable
 from pytest_llmperf.core.verdict import MetricComparison, Verdict, compare
 from pytest_llmperf.errors import BaselineError
 
@@ -85,16 +87,27 @@ class CheckOutcome:
         for comparison in self.unjudged:
             why = {
                 Verdict.NEW: "is not in the baseline",
-                Verdict.UNAVAILABLE: "could not be measured (remove it from the gate to gate without it)",
+                Verdict.UNAVAILABLE: comparison.note or "could not be measured (remove it from the gate to gate "
+                                                        "without it)",
                 Verdict.INVALID: comparison.note,
                 Verdict.NOT_JUDGED: comparison.note,
             }[comparison.verdict]
-            shown = comparison.verdict not in (Verdict.INVALID, Verdict.NOT_JUDGED)
+            shown = comparison.verdict not in (Verdict.INVALID, Verdict.NOT_JUDGED) and not (
+                comparison.verdict is Verdict.UNAVAILABLE and comparison.note)
             parts.append(f"{comparison.metric} {why}" if shown else why)
         hint = f"; record the new metrics with: {accept_command(self.test)}" if any(
             c.verdict is Verdict.NEW for c in self.unjudged
         ) else ""
         return f"{self.test}: not judged: {'; '.join(parts)}{hint}"
+
+    @property
+    def not_comparable(self) -> list[MetricComparison]:
+        """Metrics with no entry of this hardware class to be judged against (speed, host RSS)."""
+        return [c for c in self.comparisons if c.verdict is Verdict.NOT_COMPARABLE]
+
+    def describe_not_comparable(self) -> str:
+        names = ", ".join(c.metric for c in self.not_comparable)
+        return f"{self.test}: {names} not comparable: {self.not_comparable[0].note}"
 
     @property
     def regressions(self) -> list[MetricComparison]:
@@ -110,6 +123,24 @@ _UNJUDGED = (Verdict.NEW, Verdict.UNAVAILABLE, Verdict.INVALID, Verdict.NOT_JUDG
 
 def accept_command(test: str) -> str:
     return f"pytest -m perf --update-baselines {shlex.quote(test)}"
+
+
+def portable_entry(stored: BaselineFile, fingerprint: Mapping[str, Any]) -> Baseline | None:
+    """The entry of another hardware class that this machine's portable metrics are judged against: one recorded
+    with the same backend, preferring the one whose library versions and model match this run's (every other
+    difference is listed as a change beside the verdicts); None when no entry has the same backend."""
+    same_backend = [entry for entry in stored.entries if entry.fingerprint.get("backend") == fingerprint.get("backend")]
+
+    def matches(entry: Baseline) -> tuple[bool, bool]:
+        return (entry.fingerprint.get("versions") == fingerprint.get("versions"),
+                entry.fingerprint.get("model") == fingerprint.get("model"))
+
+    return max(same_backend, key=matches, default=None)
+
+
+def tables_for(per_metric: Mapping[str, ToleranceTable] | None, tolerances: ToleranceTable, name: str) -> Tolerance:
+    """The tolerance of ``name``: its call's own table, else the test's."""
+    return (per_metric or {}).get(name, tolerances).for_metric(name)
 
 
 @dataclass(frozen=True)
@@ -166,13 +197,27 @@ def check_measurement(
         if not update:
             raise
         baseline = None
-    changes = fingerprints.diff(baseline.fingerprint, measurement.fingerprint) if baseline else []
-    if baseline is not None:
-        changes += [f"workload.{change}" for change in fingerprints.diff(baseline.workload, measurement.workload)]
+    # No entry of this hardware class: the portable metrics are judged against another class's entry.
+    portable = portable_entry(stored, measurement.fingerprint) if stored is not None and baseline is None else None
+    against = baseline or portable
+    changes = fingerprints.diff(against.fingerprint, measurement.fingerprint) if against else []
+    if against is not None:
+        changes += [f"workload.{change}" for change in fingerprints.diff(against.workload, measurement.workload)]
+    judged_now = {name: value for name, value in measurement.metrics.items()
+                  if stored is None or baseline is not None or (portable is not None and metric_spec(name).portable)}
     comparisons = compare(
-        measurement.metrics, baseline, tolerances, measurement.samples, measurement.stderr, per_metric,
+        judged_now, against, tolerances, measurement.samples, measurement.stderr, per_metric,
         measurement.speeds, measurement.documents, measurement.significance,
     )
+    if against is not None and not update:
+        # A gated metric of the baseline that this run did not measure is not a pass.
+        comparisons += [
+            MetricComparison(name, record.value, None, tables_for(per_metric, tolerances, name), Verdict.UNAVAILABLE,
+                             f"{name} is in the baseline but this run did not measure it (if it left the gate on "
+                             f"purpose, re-record: {accept_command(measurement.test)})")
+            for name, record in sorted(against.metrics.items())
+            if name not in measurement.metrics and (baseline is not None or metric_spec(name).portable)
+        ]
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))
     outcome.fingerprint, outcome.workload = measurement.fingerprint, measurement.workload
     outcome.quality = summary(measurement.quality) if measurement.quality else {}
@@ -191,6 +236,14 @@ def check_measurement(
         )
         outcome.status = Status.UPDATED
         outcome.message = f"baseline to be written once the test passes: {path}"
+        dropped = sorted(set(baseline.metrics) - set(measured)) if baseline is not None else []
+        if dropped:
+            outcome.alerts.append(
+                f"{measurement.test}: {', '.join(dropped)} {'is' if len(dropped) == 1 else 'are'} in the baseline "
+                f"entry for {current_class!r} but not measured (or unavailable) now: the rewrite drops "
+                f"{'it' if len(dropped) == 1 else 'them'} from {path}"
+            )
+            outcome.warnings.append(outcome.alerts[-1])
         return outcome
 
     if stored is None:
@@ -201,16 +254,27 @@ def check_measurement(
         return outcome
 
     if baseline is None:
-        outcome.status = Status.NOT_COMPARABLE
-        outcome.comparisons = [
-            MetricComparison(c.metric, None, c.current, c.tolerance, Verdict.NOT_COMPARABLE) for c in comparisons
-        ]
         recorded = ", ".join(repr(name) for name in stored.hardware_classes)
-        outcome.message = (
-            f"baseline {path} holds numbers for hardware {recorded}; this machine is {current_class!r}: "
-            f"not comparable. Add this machine's numbers beside them with: {accept_command(measurement.test)}"
+        not_comparable = (
+            f"the baseline holds it for hardware {recorded}; this machine is {current_class!r}: not comparable "
+            f"(record this class beside them with: {accept_command(measurement.test)})"
         )
-        return outcome
+        if portable is not None:
+            note = f"judged against the entry recorded on {portable.hardware_class!r}: portable metric"
+            outcome.comparisons = [replace(c, note=f"{note}; {c.note}" if c.note else note) for c in comparisons]
+        outcome.comparisons += [
+            MetricComparison(name, None, value, tables_for(per_metric, tolerances, name), Verdict.NOT_COMPARABLE,
+                             not_comparable)
+            for name, value in sorted(measurement.metrics.items()) if name not in judged_now
+        ]
+        outcome.comparisons.sort(key=lambda c: c.metric)
+        if not any(c.verdict is not Verdict.NOT_COMPARABLE for c in outcome.comparisons):
+            outcome.status = Status.NOT_COMPARABLE
+            outcome.message = (
+                f"baseline {path} holds numbers for hardware {recorded}; this machine is {current_class!r}: "
+                f"not comparable. Add this machine's numbers beside them with: {accept_command(measurement.test)}"
+            )
+            return outcome
 
     if outcome.regressions:
         outcome.status = Status.REGRESSED
@@ -283,6 +347,11 @@ def consequence(outcome: CheckOutcome, strict: bool) -> Consequence:
         if strict:
             return Consequence(fail=f"[strict] {outcome.describe_unjudged()}")
         warnings.append(outcome.describe_unjudged())
+    if outcome.status is Status.PASSED and outcome.not_comparable:
+        # Judged on its portable metrics; the speed entry for this machine is still missing.
+        if strict:
+            return Consequence(fail=f"[strict] {outcome.describe_not_comparable()}")
+        warnings.append(outcome.describe_not_comparable())
     if outcome.status is Status.NEW or (outcome.improvements and outcome.status is Status.PASSED):
         warnings.append(outcome.message)
     return Consequence(warnings=(*warnings, *outcome.alerts))

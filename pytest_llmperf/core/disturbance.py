@@ -73,6 +73,29 @@ def disturbance(figures: Figures, reference: Figures | None = None) -> str | Non
     return ", ".join(reasons) if reasons else None
 
 
+#: The largest share of the time an engine's threads can be counted as waiting for a core when working out how
+#: much slower that made them: beyond it the slowdown estimate 1 / (1 - wait) stops meaning anything.
+MAX_EXPLAINED_WAIT = 0.9
+
+
+def explained_slowdown(figures: Figures, reference: Figures | None = None, *, machine_adjusted: bool = False) -> float:
+    """How many times slower the disturbance in ``figures`` (a repetition, or a summary) could have made an engine,
+    against the state the baseline was recorded in: the machine's own slowdown (reference loop; a faster machine
+    explains no slowdown: 1) times the run-queue wait's ``1 / (1 - extra wait)`` (threads that waited a share of
+    the time for a core progressed only in the rest). With ``machine_adjusted`` the samples were already adjusted
+    for the machine's speed, so only the wait counts. Steal and other processes' cores show up in those two.
+    """
+    factor = 1.0
+    speed, then = figures.get("machine_speed"), (reference or {}).get("machine_speed")
+    if not machine_adjusted and speed and then and speed < then:
+        factor *= then / speed
+    wait = figures.get("runqueue_wait")
+    if wait is not None:
+        extra = min(max(wait - ((reference or {}).get("runqueue_wait") or 0.0), 0.0), MAX_EXPLAINED_WAIT)
+        factor /= 1 - extra
+    return factor
+
+
 def disturbed_share(per_repetition: Sequence[Figures], reference: Figures | None = None) -> float:
     """The share of repetitions that were disturbed (0 when there are none)."""
     if not per_repetition:

@@ -33,8 +33,22 @@ _AT_CONCURRENCY = re.compile(r"^(?P<base>.+)@c(?P<concurrency>[1-9][0-9]*)$")
 SCALING_METRICS = ("speedup", "efficiency")
 _LATENCY_NAME = re.compile(r"^(e2e|ttft|tpot|itl)_(p50|p90|p95|p99|mean)$")
 _MEMORY_NAME = re.compile(
-    r"^(mem_max_gib|mem_mean_gib|rss_peak_gib|mem_gpu\d+_gib|mem_process_gib|kv_cache_gib_predicted|kv_cache_gib_measured)$"
+    r"^(mem_max_gib|mem_mean_gib|rss_peak_gib|mem_gpu\d+_gib|mem_process_gib|kv_cache_gib_predicted|kv_cache_gib_measured"
+    r"|engine_(mem|model|kv|compute|output)_gib)$"
 )
+#: The engine's own allocations as the engine reports them (llama.cpp's model, KV, compute and output buffers,
+#: from its log when the context is made; ``engines/llama_cpp.py``), and their sum: exact, whatever ran earlier
+#: in the process. ``engine_mem_gib`` is the sum.
+ENGINE_MEMORY_METRICS = ("engine_mem_gib", "engine_model_gib", "engine_kv_gib", "engine_compute_gib",
+                         "engine_output_gib")
+#: Metrics whose value does not depend on the machine's speed or on what else ran in the process: judged against
+#: the baseline entry of any hardware class with the same backend (docs/metrics.md, "Portable metrics"). Speed,
+#: latency, host RSS and GPU readings stay per hardware class. Accuracy (``<task>.<metric>``) is portable too.
+PORTABLE_METRICS = frozenset({
+    "kl_mean", "kl_max", "top1_agree", "ref_logprob_mean",  # logit fidelity: the same logits on any CPU
+    "kv_cache_gib_predicted", "kv_cache_gib_measured",  # KV-cache bytes: from the model's shape and n_ctx
+    *ENGINE_MEMORY_METRICS,  # the engine's own buffers: from the model, n_ctx and n_batch
+})
 #: Capacity (``measure/bench.py``, ``measure/roofline.py``): name -> (unit, direction).
 _CAPACITY_METRICS: dict[str, tuple[Unit, Direction]] = {
     "pp_tok_s": ("tok/s", "higher"),
@@ -70,6 +84,8 @@ class MetricSpec:
     name: str
     direction: Direction
     unit: Unit
+    #: Judged against a baseline of any hardware class (``PORTABLE_METRICS``, accuracy).
+    portable: bool = False
 
 
 def split_concurrency(name: str) -> tuple[str, int | None]:
@@ -96,13 +112,13 @@ def metric_spec(name: str) -> MetricSpec:
     prefix, unprefixed = split_prefix(name)
     if prefix is not None:
         spec = metric_spec(unprefixed)
-        return MetricSpec(name, spec.direction, spec.unit)
+        return MetricSpec(name, spec.direction, spec.unit, spec.portable)
     base, concurrency = split_concurrency(name)
     if concurrency is not None:
         if "." in base:
             raise LlmperfError(f"unknown metric {name!r}: '@c<N>' applies to speed and memory metrics only")
         spec = metric_spec(base)
-        return MetricSpec(name, spec.direction, spec.unit)
+        return MetricSpec(name, spec.direction, spec.unit, spec.portable)
     if name in SCALING_METRICS:  # measured per concurrency (``efficiency@c4``); the bare name sets tolerances
         return MetricSpec(name, "higher", "x")
     if name in THROUGHPUT_METRICS:
@@ -110,19 +126,19 @@ def metric_spec(name: str) -> MetricSpec:
     if _LATENCY_NAME.match(name) or name == "wall_time_s":
         return MetricSpec(name, "lower", "s")
     if _MEMORY_NAME.match(name):
-        return MetricSpec(name, "lower", "GiB")
+        return MetricSpec(name, "lower", "GiB", name in PORTABLE_METRICS)
     if name in _GPU_METRICS:
         unit, direction = _GPU_METRICS[name]
         return MetricSpec(name, direction, unit)
     if name in _FIDELITY_METRICS:
         unit, direction = _FIDELITY_METRICS[name]
-        return MetricSpec(name, direction, unit)
+        return MetricSpec(name, direction, unit, portable=True)
     if name in _CAPACITY_METRICS:
         unit, direction = _CAPACITY_METRICS[name]
         return MetricSpec(name, direction, unit)
     if "." in name:
         metric = name.rsplit(".", 1)[1].split(",", 1)[0]
-        return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score")
+        return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score", portable=True)
     close = difflib.get_close_matches(name, all_metric_names(), n=3)
     hint = f" (did you mean {' or '.join(repr(match) for match in close)}?)" if close else ""
     raise LlmperfError(
@@ -150,7 +166,7 @@ def all_metric_names() -> list[str]:
     """Every speed and memory metric the runner can produce (accuracy names depend on the tasks)."""
     latency = [f"{family}_{stat}" for family in LATENCY_FAMILIES for stat in ("p50", "p90", "p95", "p99", "mean")]
     memory = ["rss_peak_gib", "mem_max_gib", "mem_mean_gib", "mem_process_gib", "kv_cache_gib_predicted",
-              "kv_cache_gib_measured"]
+              "kv_cache_gib_measured", *ENGINE_MEMORY_METRICS]
     return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_GPU_METRICS, *_FIDELITY_METRICS,
             *_CAPACITY_METRICS]
 
@@ -190,10 +206,10 @@ def compute_metrics(records: Sequence[RequestRecord]) -> dict[str, float | None]
     tpot = [
         (record.e2e - record.ttft) / (record.output_tokens - 1)
         for record in records
-        if record.ttft is not None and record.output_tokens > 1
+        if record.ttft is not None and record.output_tokens > 1 and record.e2e_known
     ]
     itl = [gap for record in records for gap in record.gaps]
-    metrics.update(latency_stats("e2e", [record.e2e for record in records]))
+    metrics.update(latency_stats("e2e", [record.e2e for record in records if record.e2e_known]))
     metrics.update(latency_stats("ttft", ttft))
     metrics.update(latency_stats("tpot", tpot))
     metrics.update(latency_stats("itl", itl))

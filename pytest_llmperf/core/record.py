@@ -18,10 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.core.check import CheckOutcome, Measurement, Status, check_measurement
-from pytest_llmperf.core.disturbance import MAX_DISTURBED_SHARE, busy_reason, disturbed_share
+from pytest_llmperf.core.disturbance import (
+    MAX_DISTURBED_SHARE,
+    MAX_MACHINE_DRIFT,
+    busy_reason,
+    disturbed_share,
+    explained_slowdown,
+    summary,
+)
+from pytest_llmperf.core.metrics import metric_spec
 from pytest_llmperf.core.paired import Documents
 from pytest_llmperf.core.tolerance import ToleranceTable
-from pytest_llmperf.core.verdict import Verdict, speed_power
+from pytest_llmperf.core.verdict import MetricComparison, Verdict, speed_power
 from pytest_llmperf.errors import LlmperfError
 
 #: A fresh measurement of one part: every metric (prefixed), its samples, the quality figures of each
@@ -204,6 +212,7 @@ def judge(
     edit: Callable[[dict[str, Any]], None] | None = None,
     strict: bool = False,
     wait_until_quiet: Callable[[Mapping[str, float | None] | None], float] | None = None,
+    usual_speed: tuple[float, int] | None = None,
 ) -> CheckOutcome:
     """The verdict of a whole test.
 
@@ -213,7 +222,9 @@ def judge(
     first waits for the machine to quieten (``wait_until_quiet``, bounded); if the measurement that remains is
     still disturbed the test is "not judged: machine busy", never a failure. ``--update-baselines`` judges the
     recording instead: disturbed or widely spread repetitions warn, and in ``strict`` mode nothing is written.
-    ``edit`` may change the fingerprint in place (the ``pytest_llmperf_fingerprint`` hook).
+    ``edit`` may change the fingerprint in place (the ``pytest_llmperf_fingerprint`` hook). ``usual_speed`` is
+    this machine's usual reference-loop speed and how many tests it rests on: a recording made while the machine
+    ran slower than that is doubtful too.
     """
     tables = record.tolerance_tables(tolerances)
 
@@ -225,7 +236,7 @@ def judge(
 
     outcome = check_measurement(measurement(), baseline_dir, tolerances, update=update, per_metric=tables)
     if update:
-        _judge_recording(record, outcome, tables, strict)
+        _judge_recording(record, outcome, tables, strict, usual_speed)
     reference = outcome.baseline_quality
     for _ in range(confirm if not update else 0):
         if outcome.status not in (Status.REGRESSED, Status.NOT_JUDGED):
@@ -269,29 +280,90 @@ def _summary_of(outcome: CheckOutcome) -> str:
 
 def _judge_disturbance(record: TestRecord, outcome: CheckOutcome, reference: Mapping[str, float | None] | None
                        ) -> None:
-    """A regression or an unsure verdict of a speed metric resting on a disturbed measurement becomes "not judged:
-    machine busy"; a busy machine excuses no memory or accuracy regression, nor one measured undisturbed. A pass
-    measured on a busy machine says so (it holds: the numbers were within tolerance even so)."""
+    """A busy machine excuses only what it can explain (``core/disturbance.explained_slowdown``): a regression or
+    an unsure verdict of a speed metric on a disturbed measurement becomes "not judged: machine busy" when the
+    disturbance slowed the machine (never when it only ran faster) and the change, with that slowdown given
+    back, comes back within the tolerance. A busy machine excuses no memory or accuracy regression, nor one
+    measured undisturbed. A pass measured on a busy machine says so (it holds: the numbers were within tolerance
+    even so)."""
     suspects = _suspects(outcome)
     disturbed = [part for part in record.parts if disturbed_share(part.quality, reference) >= MAX_DISTURBED_SHARE]
     if not disturbed:
         return
     reason = busy_reason([figures for part in disturbed for figures in part.quality], reference)
     outcome.disturbed = reason
-    excused = {name for part in disturbed for name in part.gated if name in suspects and speed_power(name)}
+    by_metric = {name: part for part in disturbed for name in part.gated}
+    comparisons = {c.metric: c for c in outcome.comparisons}
+    unexplained: list[str] = []
+    excused = set()
+    for name in suspects & set(by_metric):
+        if not speed_power(name):
+            continue
+        part = by_metric[name]
+        factor = explained_slowdown(summary(part.quality), reference, machine_adjusted=comparisons[name].adjusted)
+        if _within_once_given_back(comparisons[name], factor):
+            excused.add(name)
+        else:
+            unexplained.append(f"{name} (the disturbance explains at most {factor:.2f}x)")
     standing = [c for c in outcome.regressions if c.metric not in excused]
     if outcome.status in (Status.REGRESSED, Status.NOT_JUDGED) and excused and not standing:
         shown = "; ".join(c.describe() for c in outcome.comparisons if c.metric in suspects)
         outcome.status = Status.NOT_JUDGED
         outcome.message = f"{outcome.test}: not judged: {reason}; measured: {shown}"
+    elif outcome.status is Status.REGRESSED and unexplained:
+        outcome.notes.append(f"measured while the {reason}, which cannot explain {', '.join(unexplained)}: "
+                             "a regression all the same")
     elif outcome.status is Status.PASSED:
+        hiding = _faster_machine(disturbed, comparisons, reference)
+        if hiding:
+            # A faster machine could hide a slowdown: such a pass rests on the disturbance.
+            outcome.status = Status.NOT_JUDGED
+            outcome.message = (f"{outcome.test}: not judged: {reason}; {', '.join(hiding)} passed, but a machine "
+                               "faster than at recording could hide a regression")
+            return
+        # Contention only slows an engine down: numbers within tolerance despite it are within tolerance. The pass
+        # stands with its reason recorded (warning, report, JUnit property), never silently.
         outcome.alerts.append(f"measured while the {reason}: within tolerance even so")
         outcome.warnings.append(outcome.alerts[-1])
 
 
+def _faster_machine(disturbed: list[Part], comparisons: Mapping[str, MetricComparison],
+                    reference: Mapping[str, float | None] | None) -> list[str]:
+    """Speed metrics of ``disturbed`` parts that were not machine-adjusted, measured while the machine ran more
+    than ``MAX_MACHINE_DRIFT`` faster than when the baseline was recorded."""
+    then = (reference or {}).get("machine_speed")
+    hiding = []
+    for part in disturbed:
+        speed = summary(part.quality).get("machine_speed")
+        if not then or speed is None or speed / then - 1 <= MAX_MACHINE_DRIFT:
+            continue
+        hiding += [name for name in part.gated if speed_power(name) and name in comparisons
+                   and not comparisons[name].adjusted and comparisons[name].verdict is Verdict.OK]
+    return hiding
+
+
+def _within_once_given_back(comparison: MetricComparison, factor: float) -> bool:
+    """Whether ``comparison``'s change comes back within its tolerance once the disturbance's slowdown
+    ``factor`` is given back (its interval's near end, else the point change)."""
+    lower_is_better = metric_spec(comparison.metric).direction == "lower"
+    power = speed_power(comparison.metric) or 1
+    undo = factor ** power  # throughput x factor, time / factor
+    if comparison.interval is not None and comparison.tolerance.kind == "relative":
+        near = comparison.interval.low if lower_is_better else comparison.interval.high
+        bad = 1 + comparison.tolerance.amount if lower_is_better else 1 - comparison.tolerance.amount
+        return near * undo <= bad if lower_is_better else near * undo >= bad
+    if comparison.baseline is None or comparison.current is None:
+        return True
+    allowed = comparison.tolerance.allowed(comparison.baseline, None)
+    current = comparison.current * undo
+    return (current - comparison.baseline if lower_is_better else comparison.baseline - current) <= allowed
+
+
 def _judge_recording(record: TestRecord, outcome: CheckOutcome, tables: Mapping[str, ToleranceTable],
-                     strict: bool) -> None:
-    """Warn when a baseline is recorded from disturbed or widely spread repetitions; in strict mode refuse it."""
+                     strict: bool, usual_speed: tuple[float, int] | None = None) -> None:
+    """Warn when a baseline is recorded from disturbed or widely spread repetitions, or while the machine ran
+    slower than it usually does (every later run would then count as disturbed, "the machine ran faster");
+    in strict mode refuse it."""
     from pytest_llmperf.core.metrics import format_value
     from pytest_llmperf.core.stopping import adjusted, precise
 
@@ -299,6 +371,13 @@ def _judge_recording(record: TestRecord, outcome: CheckOutcome, tables: Mapping[
     for part in record.parts:
         if disturbed_share(part.quality) >= MAX_DISTURBED_SHARE:
             problems.append(f"{part.label} was measured while the {busy_reason(part.quality)}")
+        speed = summary(part.quality).get("machine_speed") if part.quality else None
+        if usual_speed is not None and speed is not None and speed < usual_speed[0] * (1 - MAX_MACHINE_DRIFT):
+            usual, count = usual_speed
+            problems.append(
+                f"{part.label} was measured while the machine ran {(1 - speed / usual) * 100:.0f}% slower than it "
+                f"usually does (reference loop {speed:.1f} against {usual:.1f} Msteps/s, the median of its last "
+                f"{count} tests): later runs at its usual speed would all count as disturbed")
         if part.stopped not in ("max_repetitions", "max_seconds"):
             continue
         speeds = part.speeds()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from pytest_llmperf.core.baseline import Baseline, MetricRecord
@@ -109,6 +109,44 @@ def interval_of(
     return interval, bad, good
 
 
+def unexplained_by_drift(
+    name: str, baseline: MetricRecord, current: Sequence[float], speeds: Sequence[float], tolerance: Tolerance
+) -> MetricComparison | None:
+    """A verdict for a metric measured while the machine ran at another speed than at recording, when the
+    drift cannot explain the change: a regression (or improvement) whose interval stays wholly beyond the
+    tolerance after each repetition is given back *all* the speed the machine lost (for a regression) or gained
+    (for an improvement) against the baseline's median speed. A faster machine never excuses a slowdown, nor a
+    slower one a speed-up. None: the drift could explain the change (not judged)."""
+    power = speed_power(name)
+    if power is None or not speeds or len(speeds) != len(current) or not baseline.speeds:
+        return None
+    reference = statistics.median(baseline.speeds)
+    base = [value / (speed / reference) ** power for value, speed in zip(baseline.samples, baseline.speeds,
+                                                                        strict=True)]
+    drift = statistics.median(speeds) / reference - 1
+
+    def given_back(worse: bool) -> list[float]:
+        # A throughput (power 1) loses speed with the machine: give back a slower machine's loss, never a
+        # faster machine's gain (for ``worse``); times the other way round.
+        factors = [(max(1.0, reference / speed) if worse else min(1.0, reference / speed)) for speed in speeds]
+        return [value * factor ** power for value, factor in zip(current, factors, strict=True)]
+
+    lower_is_better = metric_spec(name).direction == "lower"
+    for worse, verdict in ((True, Verdict.REGRESSED), (False, Verdict.IMPROVED)):
+        judged = interval_of(name, base, given_back(worse), tolerance)
+        if judged is None:
+            return None
+        interval, bad, good = judged
+        limit, upward = (bad, lower_is_better) if worse else (good, not lower_is_better)
+        if interval.low > limit if upward else interval.high < limit:
+            word = "slower" if drift < 0 else "faster"
+            note = (f"the machine ran {abs(drift) * 100:.0f}% {word} than when the baseline was recorded, which "
+                    f"cannot explain this change: with every repetition given back the speed the machine "
+                    f"{'lost' if worse else 'gained'}, the change {interval} is still beyond the tolerance")
+            return MetricComparison(name, baseline.value, None, tolerance, verdict, note, interval, True, True)
+    return None
+
+
 def speed_power(name: str) -> int | None:
     """How a metric scales with the machine's speed: throughput with it (1), time against it (-1); None: not."""
     unit = metric_spec(name).unit
@@ -197,6 +235,9 @@ def judge(
     if matched is not None:
         base, now, note = matched
         if note:
+            beyond_drift = unexplained_by_drift(name, baseline, current_samples, current_speeds, tolerance)
+            if beyond_drift is not None:
+                return replace(beyond_drift, current=current)
             return MetricComparison(name, baseline.value, current, tolerance, Verdict.NOT_JUDGED, note, None, False)
     judged = interval_of(name, base, now, tolerance)
     if judged is None:
@@ -221,7 +262,11 @@ def judge(
     if interval.estimate > bad if lower_is_better else interval.estimate < bad:
         return made(Verdict.NOT_JUDGED, f"{name} moved beyond tolerance, but its interval {interval} reaches back "
                     "inside it: not sure (measure longer, or on a quieter machine)", sure=False)
-    return made(Verdict.OK, sure=False)
+    point_beyond = point is Verdict.REGRESSED
+    return made(Verdict.OK, f"{name}: ok, not sure: " + (
+        f"the median moved beyond tolerance, but the estimate {interval.estimate:.3g} of the change is within it "
+        f"and its interval {interval} reaches beyond it" if point_beyond else
+        f"its interval {interval} reaches beyond the tolerance") + " (measure longer to be sure)", sure=False)
 
 
 def _paired(

@@ -112,6 +112,9 @@ class RequestRecord:
     output_tokens: int
     chunk_times: list[float] = field(default_factory=list)
     counted_by: str = "engine"
+    #: False when the engine could not tell when this request finished (``t_done`` is then its batch's end):
+    #: its end-to-end latency is left out of the e2e percentiles, never estimated.
+    e2e_known: bool = True
 
     @property
     def e2e(self) -> float:

@@ -19,13 +19,16 @@ import contextlib
 import difflib
 import inspect
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.assets.model import VARIANTS, default_model_path, is_trained_model_name, trained_model_path
+from pytest_llmperf.core.engine_memory import engine_memory_metrics, parse_llama_buffers
 from pytest_llmperf.core.workload import Request, RequestRecord
+from pytest_llmperf.engines.llama_cpp_log import captured_llama_log
 from pytest_llmperf.errors import EngineError
 from pytest_llmperf.quiet import native_output_silenced
 
@@ -171,12 +174,18 @@ class LlamaCppEngine:
         quiet = native_output_silenced() if not self.engine_config.get("verbose") else contextlib.nullcontext()
         arguments = {**self.engine_config, **_cache_types(llama_cpp, self.engine_config)}
         try:
-            with quiet:  # llama.cpp warns past verbose=False (n_ctx_seq > n_ctx_train); verbose=True shows all
+            # llama.cpp warns past verbose=False (n_ctx_seq > n_ctx_train); verbose=True shows all. Its log names
+            # every buffer it allocates: the engine's own memory (``core/engine_memory.py``).
+            with quiet, captured_llama_log() as log:
                 self._llm = llama_cpp.Llama(model_path=str(self.model_path), **arguments)
         except (ValueError, RuntimeError, TypeError) as error:
             raise EngineError(
                 f"llama.cpp could not load {self.model_path} with {self.engine_config}: {error}"
             ) from None
+        finally:
+            if self.engine_config.get("verbose"):
+                print("".join(log), end="", file=sys.stderr)
+        self.buffers = parse_llama_buffers("".join(log))
         self._eos = self._llm.token_eos()
         self._bos = self._llm.token_bos()
         # EOS is suppressed by a logits processor of our own, not ``logit_bias``: llama-cpp-python 0.3.36 drops
@@ -293,6 +302,11 @@ class LlamaCppEngine:
         from pytest_llmperf.engines.llama_cpp_bench import BenchContext
 
         return BenchContext(self._llm, n_ctx, n_seq_max, **options)
+
+    def engine_memory(self) -> dict[str, float | None]:
+        """The engine's own allocations as llama.cpp logged them when the model loaded and the context was made
+        (``engine_mem_gib`` and its parts; ``core/engine_memory.py``)."""
+        return engine_memory_metrics(self.buffers)
 
     def lm_eval_model(self, **model_args: Any) -> Any:
         """An lm-eval ``LM`` scoring with this engine's model (imports lm-eval)."""

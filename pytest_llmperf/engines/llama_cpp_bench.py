@@ -53,19 +53,10 @@ class BenchContext:
             params.n_ubatch = n_ubatch
         self.n_batch = int(params.n_batch)
         self.n_seq_max = n_seq_max
-        lines: list[str] = []
+        from pytest_llmperf.engines.llama_cpp_log import captured_llama_log
 
-        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-        def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            lines.append(text.decode("utf-8", "replace"))
-
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-        try:
+        with captured_llama_log() as lines:
             self._ctx = llama_cpp.llama_init_from_model(llm.model, params)
-        finally:
-            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
         if not self._ctx:
             raise EngineError(f"llama.cpp could not make a context of n_ctx={n_ctx}, n_seq_max={n_seq_max}: "
                               + "".join(line for line in lines if "error" in line.lower()).strip())

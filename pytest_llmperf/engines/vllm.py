@@ -9,8 +9,8 @@
 - Timings: ``LLM.generate`` does not stream, so per-request times come from vLLM's ``RequestOutput.metrics``
   (``RequestStateStats``, filled because the engine is built with ``disable_log_stats=False``): TTFT is
   ``first_token_latency``; end-to-end is TTFT + ``last_token_ts - first_token_ts``. There are no inter-token
-  gaps, so ``itl_*`` are unavailable (None). Without stats, TTFT is unavailable and end-to-end is the
-  ``generate`` call's wall time.
+  gaps, so ``itl_*`` are unavailable (None). Without stats, TTFT, TPOT and end-to-end latency are unavailable
+  (None); throughput still counts the ``generate`` call's wall time.
 - Accuracy: ``lm_eval_model()`` is an lm-eval ``LM`` over this engine's ``LLM`` (``vllm_lm.py``), so scoring
   loads no second copy of the model.
 - Teardown frees the GPU: the engine core is shut down, then vLLM's own ``cleanup_dist_env_and_memory()``.
@@ -135,7 +135,8 @@ class VllmEngine:
                 e2e = ttft + float(stats.last_token_ts - stats.first_token_ts)
                 records.append(RequestRecord(t_send, t_send + e2e, prompt_tokens, generated, [t_send + ttft]))
             else:
-                records.append(RequestRecord(t_send, t_batch_done, prompt_tokens, generated, []))
+                # No stats: the batch's end bounds the throughput, but this request's own latency is unknown.
+                records.append(RequestRecord(t_send, t_batch_done, prompt_tokens, generated, [], e2e_known=False))
         return records
 
     def lm_eval_model(self, **model_args: Any) -> Any:

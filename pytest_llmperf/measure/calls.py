@@ -16,7 +16,7 @@ from typing import Any
 
 from pytest_llmperf.core.baseline import baseline_path, hardware_class, load_baseline
 from pytest_llmperf.core.check import accept_command
-from pytest_llmperf.core.fingerprint import environment, fingerprint
+from pytest_llmperf.core.fingerprint import engine_identity, environment, fingerprint
 from pytest_llmperf.core.paired import SIGNIFICANCE
 from pytest_llmperf.core.record import Part, Remeasured, prefixed
 from pytest_llmperf.core.tolerance import ToleranceTable
@@ -86,6 +86,22 @@ def until_sure(
                      cpu_bound(engine))
 
 
+def default_gate(engine: Engine, gate: Sequence[str]) -> tuple[str, ...]:
+    """The session's gate for ``engine``: as given, except that the built-in default (``DEFAULT_GATE``) keeps
+    only the memory metric the engine owns: ``engine_mem_gib`` for an engine that reports its buffers,
+    ``rss_peak_gib`` for one with processes of its own (``host_memory_pids``). An in-process engine's share of
+    this process's RSS is reported, not gated (docs/metrics.md, "Host memory")."""
+    from pytest_llmperf.core.session import DEFAULT_GATE
+
+    if tuple(gate) != DEFAULT_GATE:
+        return tuple(gate)
+    own_processes = getattr(engine, "host_memory_pids", None) is not None
+    reports_buffers = getattr(engine, "engine_memory", None) is not None
+    dropped = {name for name, keep in (("rss_peak_gib", own_processes), ("engine_mem_gib", reports_buffers))
+               if not keep}
+    return tuple(name for name in gate if name not in dropped)
+
+
 def cpu_bound(engine: Engine) -> bool:
     """Whether ``engine`` computes on this machine's CPU (in-process llama.cpp without GPU layers): its
     samples are then compared at the same machine speed (``core/verdict.same_machine``)."""
@@ -119,10 +135,8 @@ def measure(
             results.append(run_workload(engine, workload, rss_base_bytes, stop))
         latest = results[-1]
         if isinstance(tracker, NvmlTracker):
-            # The tracker saw the warmup requests too: their tokens count for energy per token.
-            repetitions = len(latest.quality)
-            requests = workload.requests * repetitions + min(workload.warmup, workload.requests)
-            latest.metrics.update(tracker.metrics(workload.n_predict * requests))
+            # The tracker saw the warmup requests too: their tokens count for energy per token, as counted.
+            latest.metrics.update(tracker.metrics(latest.generated_tokens))
         return prefixed(name, latest.metrics), prefixed(name, latest.samples), latest.quality, latest.stopped
 
     metrics, samples, quality, stopped = run()
@@ -216,7 +230,7 @@ def ab(
     result = results[-1]
     gated = tuple(ratio_name(pair, metric) for metric in gate if ratio_name(pair, metric) in metrics) if check else ()
     engine_fingerprint = fingerprint(result.a.engine)
-    engine_fingerprint["ab"] = {pair[0]: result.a.engine, pair[1]: result.b.engine}
+    engine_fingerprint["ab"] = {pair[0]: engine_identity(result.a.engine), pair[1]: engine_identity(result.b.engine)}
     part = Part(
         "ab", dict(metrics), gated, dict(samples), fingerprint=engine_fingerprint,
         workload={**workload.to_dict(), "ab": list(pair)}, warnings=sorted({*result.a.warnings, *result.b.warnings}),

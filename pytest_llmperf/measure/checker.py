@@ -60,7 +60,7 @@ class PerfCheck:
         ``mem_max_gib``/``mem_mean_gib`` with ``track_gpu``, which samples the GPUs through NVML)."""
         gpu_gate = ("mem_max_gib", "mem_mean_gib") if track_gpu else ()
         result, part = calls.measure(
-            engine, workload, gate=gate or (*self._session.gate, *gpu_gate),
+            engine, workload, gate=gate or (*calls.default_gate(engine, self._session.gate), *gpu_gate),
             rss_base_bytes=self._engines.rss_base_bytes(engine) or 0, tolerances=tolerances,
             track_gpu=track_gpu, check=check, name=name, judging=self._judging,
         )

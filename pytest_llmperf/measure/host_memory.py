@@ -17,14 +17,15 @@ class HostMemorySampler:
     def __init__(self, interval_s: float = 0.02, pids: list[int] | None = None) -> None:
         self.interval_s = interval_s
         self.pids = pids
-        self.peak_bytes = 0
+        #: None until a sample could read a process (a launched server whose processes are gone: unavailable).
+        self.peak_bytes: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _rss(self, psutil: Any) -> int:
+    def _rss(self, psutil: Any) -> int | None:
         if self.pids is None:
             return int(psutil.Process().memory_info().rss)
-        total = 0
+        total, read = 0, False
         for pid in self.pids:
             try:
                 root = psutil.Process(pid)
@@ -34,15 +35,18 @@ class HostMemorySampler:
             for process in tree:
                 try:
                     total += process.memory_info().rss
+                    read = True
                 except psutil.Error:
                     continue
-        return total
+        return total if read else None
 
     def _sample(self) -> None:
         import psutil
 
         while True:
-            self.peak_bytes = max(self.peak_bytes, self._rss(psutil))
+            rss = self._rss(psutil)
+            if rss is not None:
+                self.peak_bytes = rss if self.peak_bytes is None else max(self.peak_bytes, rss)
             if self._stop.wait(self.interval_s):
                 break
 

@@ -191,3 +191,61 @@ def wait_until_quiet(reference: dict[str, float | None] | None, limit_s: float, 
         if disturbance(figures, reference) is None:
             break
     return time.perf_counter() - started
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The machine's usual speed: what a recording is held against ("recorded at a slow moment").
+
+#: Readings kept per hardware class; the usual speed is their median once there are ``FEWEST_USUAL`` of them.
+SPEED_HISTORY = 200
+FEWEST_USUAL = 5
+
+
+def speed_history_path() -> Path:
+    """``machine-speed.json`` in the cache directory (``$LLMPERF_SPEED_HISTORY`` overrides): the median
+    reference-loop speed of each judged test that was not disturbed."""
+    from pytest_llmperf.assets.model import cache_dir
+
+    configured = os.environ.get("LLMPERF_SPEED_HISTORY")
+    return Path(configured) if configured else cache_dir() / "machine-speed.json"
+
+
+def _history() -> dict[str, list[float]]:
+    import json
+
+    try:
+        data = json.loads(speed_history_path().read_text())
+    except (OSError, ValueError):
+        return {}  # no history yet (or a damaged one, rebuilt from here): no "usual" to compare with
+    if not isinstance(data, dict):
+        return {}
+    return {key: [float(v) for v in values if isinstance(v, (int, float))] for key, values in data.items()
+            if isinstance(values, list)}
+
+
+def remember_speed(hardware: str | None, speed: float | None) -> None:
+    """Add one test's median machine speed to this machine's history (kept to the last ``SPEED_HISTORY``)."""
+    if hardware is None or speed is None:
+        return
+    import json
+
+    from pytest_llmperf.core.baseline import write_atomically
+    from pytest_llmperf.core.locks import machine_lock
+
+    path = speed_history_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with machine_lock(f"speed-history:{path}"):
+        history = _history()
+        history[hardware] = [*history.get(hardware, []), speed][-SPEED_HISTORY:]
+        write_atomically(path, json.dumps(history, indent=1, sort_keys=True) + "\n")
+
+
+def usual_speed(hardware: str | None) -> tuple[float, int] | None:
+    """The median of this machine's remembered speeds and how many there are; None with fewer than
+    ``FEWEST_USUAL``."""
+    readings = _history().get(hardware or "", []) if hardware else []
+    if len(readings) < FEWEST_USUAL:
+        return None
+    import statistics
+
+    return statistics.median(readings), len(readings)

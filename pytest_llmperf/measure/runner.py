@@ -40,6 +40,8 @@ class PerfResult:
     quality: list[dict[str, float | None]] = field(default_factory=list)
     #: Why measuring stopped: "sure", "max_repetitions", "max_seconds" or "fixed".
     stopped: str = "fixed"
+    #: Tokens the engine generated, warm-up requests included, as counted (``RequestRecord.output_tokens``).
+    generated_tokens: int = 0
 
     #: Metrics shown by ``repr`` (an assert on a result prints it): the headline numbers, not the samples.
     _SHOWN = ("completion_tok_s", "total_tok_s", "ttft_p50", "tpot_p50", "e2e_p99", "rss_peak_gib", "mem_max_gib")
@@ -91,9 +93,11 @@ def run_workload(
     pids_of = getattr(engine, "host_memory_pids", None)
     memory_pids: list[int] | None = pids_of() if pids_of is not None else None
     rss_measurable = pids_of is None or memory_pids is not None
+    warmed: list[RequestRecord] = []
     if workload.warmup:
         warmup = build_requests(engine, workload, -1, prompts)[: workload.warmup]
-        engine.run(warmup, concurrency=workload.concurrency, request_rate=workload.request_rate, seed=workload.seed)
+        warmed = engine.run(warmup, concurrency=workload.concurrency, request_rate=workload.request_rate,
+                            seed=workload.seed)
     per_repetition: list[dict[str, float | None]] = []
     quality: list[dict[str, float | None]] = []
     all_records: list[RequestRecord] = []
@@ -109,7 +113,10 @@ def run_workload(
             )
         metrics = compute_metrics(records)
         base = rss_base_bytes if memory_pids is None else 0
-        metrics["rss_peak_gib"] = max(memory.peak_bytes - base, 0) / _GIB if rss_measurable else None
+        # No process read (a server whose processes are gone), or a peak below the RSS before the engine was
+        # built (memory freed since): nothing to attribute to the engine, so unavailable, never 0.
+        footprint = memory.peak_bytes - base if rss_measurable and memory.peak_bytes is not None else None
+        metrics["rss_peak_gib"] = footprint / _GIB if footprint is not None and footprint > 0 else None
         per_repetition.append(metrics)
         quality.append(sampler.figures)
         all_records.extend(records)
@@ -129,13 +136,18 @@ def run_workload(
 
     samples = _samples(per_repetition)
     headline = {name: statistics.median(values) if values else None for name, values in samples.items()}
+    # The engine's own allocations (llama.cpp's buffers): exact, one number for the whole measurement.
+    engine_memory = getattr(engine, "engine_memory", None)
+    if engine_memory is not None:
+        headline.update(engine_memory())
     warnings = [*getattr(engine, "warnings", []), *_token_warnings(all_records, workload, bool(prompts))]
     if workload.requests < MIN_SAMPLES_FOR_P99:
         warnings.append(
             f"p99 rests on {workload.requests} requests per repetition (fewer than {MIN_SAMPLES_FOR_P99}): "
             "it is close to the maximum"
         )
-    return PerfResult(headline, samples, workload, engine.describe(), warnings, quality, stopped)
+    generated = sum(record.output_tokens for record in [*warmed, *all_records])
+    return PerfResult(headline, samples, workload, engine.describe(), warnings, quality, stopped, generated)
 
 
 def _samples(per_repetition: list[dict[str, float | None]]) -> dict[str, list[float]]:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from pytest_llmperf.core.check import CheckOutcome, Status
 from pytest_llmperf.core.metrics import format_value
 
 HEADER = ("test", "metric", "baseline", "current", "delta %", "tolerance", "verdict")
+
+
+def relative_to_root(text: str, root: Path | None) -> str:
+    """``text`` with the paths under ``root`` (the rootdir) made relative to it: a report holds no machine's
+    paths (``/home/me/proj/baselines/x.json`` -> ``baselines/x.json``)."""
+    return text if root is None else text.replace(f"{root}{os.sep}", "")
 
 
 def table_rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, ...]]:
