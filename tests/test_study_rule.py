@@ -117,3 +117,22 @@ def test_bad_study_markers_name_the_test_and_the_value(kwargs: dict[str, object]
     with pytest.raises(LlmperfError, match=r"^t.py::test_x: ") as raised:
         parse_study(kwargs, "t.py::test_x")
     assert message in str(raised.value)
+
+
+def test_a_point_without_a_score_for_a_constrained_task_is_infeasible() -> None:
+    spec = parse_study({"axis": "type_k", "minimise": "rss_peak_gib", "accuracy_within": 1}, "t")
+    study = points("type_k", ["f16", "q8_0", "q4_0"], rss_peak_gib=[0.03, 0.02, 0.01],
+                   **{"task.acc": [0.90, 0.89, None]})
+    for point in study:
+        point.stderr["task.acc"] = 0.02
+    choice = choose(spec, study)
+    # q4_0 uses the least memory, but nothing shows its accuracy is within 1 stderr of the best: not chosen.
+    assert choice.chosen.params == {"type_k": "q8_0"}
+    assert choice.excluded == {"t.py::test[q4_0]": ["no score for task.acc"]}
+    # A task missing from the point's metrics altogether is the same.
+    del study[2].metrics["task.acc"]
+    assert choose(spec, study).excluded == {"t.py::test[q4_0]": ["no score for task.acc"]}
+    # Without accuracy_within the rule does not constrain accuracy: q4_0 is chosen.
+    free = parse_study({"axis": "type_k", "minimise": "rss_peak_gib"}, "t")
+    assert choose(free, study).chosen.params == {"type_k": "q4_0"}
+

@@ -8,7 +8,8 @@ gathered (from every xdist worker) and the rule the test declares chooses the op
 
 1. A point is *feasible* when it meets every constraint: ``"metric <= bound"`` / ``"metric >= bound"`` on its
    measured values, and with ``accuracy_within=k`` every accuracy metric within ``k`` standard errors of the
-   best point's on that task (the standard error of the difference, ``hypot(se_point, se_best)``).
+   best point's on that task (the standard error of the difference, ``hypot(se_point, se_best)``). A point with
+   no score for a task that another point was scored on is infeasible ("no score for <task>.<metric>").
 2. On an ordered axis (every value a number) a feasible point is *supported* when it is not an endpoint of an
    axis and each neighbour (one step along one axis) is feasible too: a plateau point, not an isolated peak or
    an extreme endpoint. With ``plateau=True`` (the default on ordered axes) the choice is made among supported
@@ -170,6 +171,17 @@ def accuracy_metrics(points: Sequence[StudyPoint]) -> list[str]:
                   and all(point.metrics.get(name) is not None for point in points))
 
 
+def scored_metrics(points: Sequence[StudyPoint]) -> list[str]:
+    """The accuracy metrics scored (a finite value) at one point at least: what ``accuracy_within`` constrains."""
+    return sorted({name for point in points for name in point.metrics
+                   if is_accuracy(name) and _score(point, name) is not None})
+
+
+def _score(point: StudyPoint, name: str) -> float | None:
+    value = point.metrics.get(name)
+    return value if value is not None and math.isfinite(value) else None
+
+
 def is_ordered(points: Sequence[StudyPoint], axis: Sequence[str]) -> bool:
     """Every knob value a number (not a bool): the axis has neighbours and endpoints."""
     return all(isinstance(point.params.get(name), (int, float)) and not isinstance(point.params.get(name), bool)
@@ -225,12 +237,17 @@ def failures(spec: StudySpec, points: Sequence[StudyPoint]) -> dict[str, list[st
             if problem is not None:
                 result[point.test].append(problem)
     if spec.accuracy_within is not None:
-        for name in accuracy_metrics(points):
-            higher = metric_spec(name).direction == "higher"
-            best = (max if higher else min)(points, key=lambda p: float(p.metrics[name] or 0.0))
-            best_value = float(best.metrics[name] or 0.0)
+        for name in scored_metrics(points):
+            # A point without a score for a task cannot be shown within k stderr of the best: infeasible.
+            scored = [point for point in points if _score(point, name) is not None]
             for point in points:
-                value = float(point.metrics[name] or 0.0)
+                if _score(point, name) is None:
+                    result[point.test].append(f"no score for {name}")
+            higher = metric_spec(name).direction == "higher"
+            best = (max if higher else min)(scored, key=lambda p: float(_score(p, name) or 0.0))
+            best_value = float(_score(best, name) or 0.0)
+            for point in scored:
+                value = float(_score(point, name) or 0.0)
                 se = math.hypot(best.stderr.get(name) or 0.0, point.stderr.get(name) or 0.0)
                 gap = best_value - value if higher else value - best_value
                 if gap > spec.accuracy_within * se + 1e-12:
