@@ -136,3 +136,10 @@ def test_a_point_without_a_score_for_a_constrained_task_is_infeasible() -> None:
     free = parse_study({"axis": "type_k", "minimise": "rss_peak_gib"}, "t")
     assert choose(free, study).chosen.params == {"type_k": "q4_0"}
 
+
+@pytest.mark.parametrize("within", [float("nan"), float("inf"), -1.0, "1", True])
+def test_accuracy_within_must_be_a_finite_number_of_stderr(within: object) -> None:
+    with pytest.raises(LlmperfError) as raised:
+        parse_study({"axis": "n", "maximise": "completion_tok_s", "accuracy_within": within}, "t.py::test_x")
+    assert str(raised.value).startswith("t.py::test_x: perf_study(accuracy_within=...) must be a finite number")
+    assert f"got {within!r}" in str(raised.value)

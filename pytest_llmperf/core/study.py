@@ -120,9 +120,11 @@ def parse_study(kwargs: Mapping[str, Any], where: str) -> StudySpec:
         _known_metric(match["metric"], where, "constraint")
         constraints.append(Constraint(match["metric"], match["op"], bound))
     within = kwargs.get("accuracy_within")
-    if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float)) or within < 0):
-        raise LlmperfError(f"{where}: perf_study(accuracy_within=...) must be a number of stderr >= 0, "
-                           f"got {within!r}")
+    # NaN compares false with everything: unchecked, it would switch the accuracy rule off ("within nan stderr").
+    if within is not None and (isinstance(within, bool) or not isinstance(within, (int, float))
+                               or not math.isfinite(within) or within < 0):
+        raise LlmperfError(f"{where}: perf_study(accuracy_within=...) must be a finite number of stderr >= 0 "
+                           f"(e.g. accuracy_within=2), got {within!r}")
     tie = kwargs.get("tie", 0.01)
     if isinstance(tie, bool) or not isinstance(tie, (int, float)) or not 0 <= tie < 1:
         raise LlmperfError(f"{where}: perf_study(tie=...) must be a fraction in [0, 1), got {tie!r}")
