@@ -153,7 +153,7 @@ def _judge(result: StudyResult, *, update: bool, strict: bool) -> None:
     chosen = result.choice.chosen
     hardware = hardware_class(chosen.fingerprint) or ""
     try:
-        stored = load_choice(result.path, hardware)
+        stored = load_choice(result.path, hardware, result.study)
     except BaselineError as error:
         result.failure = str(error)
         return
@@ -193,8 +193,13 @@ def _versions_and_hardware(fingerprint: dict[str, Any]) -> dict[str, Any]:
     return {key: fingerprint[key] for key in ("versions", "hardware") if key in fingerprint}
 
 
-def load_choice(path: Path, hardware: str) -> dict[str, Any] | None:
-    """The stored choice of ``hardware`` in the study file at ``path`` (None: no file or no entry)."""
+def load_choice(path: Path, hardware: str, study: str | None = None) -> dict[str, Any] | None:
+    """The stored choice of ``hardware`` in the study file at ``path`` (None: no file or no entry for it).
+
+    A file that is not a study file (of ``study``, when given), or an entry of ``hardware`` of the wrong shape,
+    raises a BaselineError naming the file and what is wrong: it is neither read as "nothing stored" nor
+    replaced by ``--update-baselines``. Other hardware's entries are not this machine's to judge.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -202,10 +207,48 @@ def load_choice(path: Path, hardware: str) -> dict[str, Any] | None:
     except (OSError, ValueError) as error:
         raise BaselineError(f"{path}: cannot read the study's stored operating point ({error}); fix it, or delete "
                             "it and run `pytest -m perf --update-baselines`") from None
+    document = _study_document(data, path, study)
+    return _entry(document["choices"], path, hardware, study or str(document.get("study")))
+
+
+def _study_document(data: object, path: Path, study: str | None) -> dict[str, Any]:
+    """``data`` if it is a study file (of ``study``) that ``store_choice`` can update without losing anything."""
     if not isinstance(data, dict) or data.get("schema") != STUDY_SCHEMA or not isinstance(data.get("choices"), dict):
-        raise BaselineError(f"{path}: not a schema-{STUDY_SCHEMA} study file (a 'choices' object is required)")
-    entry = data["choices"].get(hardware)
-    return entry if isinstance(entry, dict) else None
+        raise BaselineError(f"{path}: not a schema-{STUDY_SCHEMA} study file (a 'choices' object is required); it "
+                            "was not overwritten: fix it, or delete it and run `pytest -m perf --update-baselines`")
+    if study is not None and data.get("study") != study:
+        raise BaselineError(f"{path}: holds study {data.get('study')!r}, not {study!r}; it was not overwritten: "
+                            "move it if the study was renamed")
+    return data
+
+
+def _entry(choices: Mapping[str, Any], path: Path, hardware: str, study: str) -> dict[str, Any] | None:
+    """The entry of ``hardware`` in ``choices``, checked: an object whose ``point`` is an object of knob -> value."""
+    if hardware not in choices:
+        return None
+    entry = choices[hardware]
+    where = f"hardware class {hardware!r}"
+    problem = None
+    if not isinstance(entry, dict):
+        problem = f"the entry of {where} must be an object with a 'point', got {_kind(entry)}"
+    elif "point" not in entry:
+        problem = f"the entry of {where} has no 'point'"
+    elif not isinstance(entry["point"], dict) or not all(
+            isinstance(value, (str, int, float, bool)) or value is None for value in entry["point"].values()):
+        problem = f"the operating point of {where} must be an object of knob -> value, got {_kind(entry['point'])}"
+    elif not isinstance(entry.get("fingerprint", {}), dict):
+        problem = f"the fingerprint of {where} must be an object, got {_kind(entry['fingerprint'])}"
+    if problem is not None:
+        raise BaselineError(f"{path}: {problem}; it was not overwritten: fix it, or delete that entry and run "
+                            f"{accept_command(study)}")
+    assert isinstance(entry, dict)
+    return entry
+
+
+def _kind(value: object) -> str:
+    """``a list``, ``a str``, ``an int``: what a JSON value of the wrong type is, for messages."""
+    name = "null" if value is None else type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def store_choice(path: Path, study: str, hardware: str, spec: StudySpec, choice: Choice) -> None:
@@ -220,8 +263,9 @@ def store_choice(path: Path, study: str, hardware: str, spec: StudySpec, choice:
                 document = {"schema": STUDY_SCHEMA, "study": study, "choices": {}}
             except ValueError as error:
                 raise BaselineError(f"{path}: malformed JSON ({error}); not overwritten: fix it or delete it") from None
-            if document.get("study") != study or not isinstance(document.get("choices"), dict):
-                raise BaselineError(f"{path}: holds study {document.get('study')!r}, not {study!r}; not overwritten")
+            # Read again under the lock: another worker may have written it since ``load_choice``.
+            document = _study_document(document, path, study)
+            _entry(document["choices"], path, hardware, study)
             document["choices"][hardware] = {
                 "point": choice.chosen.params, "rule": spec.describe(), "explanation": choice.explanation,
                 "fingerprint": _versions_and_hardware(choice.chosen.fingerprint),
