@@ -465,19 +465,22 @@ def roofline(
 def capacity(
     engine: Engine, workload: Workload | None, slo: Mapping[str, float], *, update: bool, start: int, limit: int,
     margin: float, probe: Any = None, knob: str = "concurrency", gate: Sequence[str],
-    tolerances: Mapping[str, object] | None = None, name: str | None = None,
+    tolerances: Mapping[str, object] | None = None, name: str | None = None, cache_key: str | None = None,
 ) -> tuple[Any, Part]:
     """The largest ``knob`` level meeting ``slo`` (``measure/capacity.search``), reused from the cache unless
-    ``update`` or anything it depends on changed; ``probe(level) -> metrics`` measures a custom knob."""
+    ``update`` or anything it depends on changed; ``probe(level) -> metrics`` measures a custom knob. A custom
+    probe's answer is cached only under the caller's ``cache_key`` (the plugin cannot see what a probe measures)."""
     from pytest_llmperf.measure import capacity as capacity_module
 
     limits = capacity_module.check_slo(slo)
     workload = workload or Workload()
     described = fingerprint(engine.describe())
     settings = {"knob": knob, "slo": limits, "start": start, "limit": limit, "margin": margin,
-                "workload": workload.to_dict(), "probe": getattr(probe, "__qualname__", None)}
+                "workload": workload.to_dict(), "prompts_sha256": capacity_module.prompts_sha256(workload),
+                "probe": None if probe is None else cache_key}
     key = capacity_module.cache_key(described, settings)
-    result = None if update else capacity_module.load_cached(key)
+    cacheable = probe is None or cache_key is not None
+    result = None if update or not cacheable else capacity_module.load_cached(key)
     if result is None:
         if probe is None:
             probing = capacity_module.workload_probe(engine, workload, limits)
@@ -490,7 +493,8 @@ def capacity(
             result = capacity_module.search(probing, knob=knob, start=start, limit=limit, margin=margin)
         chosen = next((t for t in result.trace if t.level == result.found and t.passed), None)
         result = replace(result, goodput_req_s=chosen.metrics.get("goodput_req_s") if chosen else None)
-        capacity_module.store_cached(key, result)
+        if cacheable:
+            capacity_module.store_cached(key, result)
     metrics = prefixed(name, result.metrics())
     part = Part(
         "capacity", dict(metrics), tuple(prefixed(name, dict.fromkeys(gate))), fingerprint=described,

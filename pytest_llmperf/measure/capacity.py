@@ -12,7 +12,8 @@ TPOT and end-to-end latency all meet the SLO's per-request limits (its ``ttft``,
 whichever percentile), over the level's wall time; reported at the chosen level.
 
 The result is cached under the plugin's cache dir, keyed by the engine's fingerprint (model sha256, config,
-library versions, hardware class), the workload, the SLO and the search settings; a later run reuses it unless
+library versions, hardware class), the workload and its prompts file's content (sha256), the SLO and the search
+settings; a custom probe only under the caller's ``cache_key``. A later run reuses it unless
 ``--update-baselines`` is given or any of those changed.
 """
 
@@ -24,6 +25,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.core.metrics import compute_metrics, metric_spec
@@ -182,6 +184,17 @@ def workload_probe(engine: Any, workload: Workload, slo: Mapping[str, float],
         return Trial(level, not failures, "; ".join(failures) or "meets the SLO", kept)
 
     return probe
+
+
+def prompts_sha256(workload: Workload) -> str | None:
+    """The sha256 of the workload's prompts file's content (None: generated prompts): longer prompts in the same
+    file are another answer. A file that cannot be read raises naming it (``Workload.load_prompts``)."""
+    if workload.prompts_file is None:
+        return None
+    try:
+        return hashlib.sha256(Path(workload.prompts_file).read_bytes()).hexdigest()
+    except OSError as error:
+        raise LlmperfError(f"cannot read prompts file {workload.prompts_file}: {error.strerror or error}") from None
 
 
 def cache_key(fingerprint: Mapping[str, Any], settings: Mapping[str, Any]) -> str:

@@ -154,14 +154,15 @@ class PerfCheck:
         knob: str = "concurrency", probe: Callable[[int], Mapping[str, float | None]] | None = None,
         start: int = 1, limit: int = 64, margin: float = 0.85,
         gate: Sequence[str] = ("max_concurrency", "goodput_req_s"), tolerances: Mapping[str, object] | None = None,
-        name: str | None = None,
+        name: str | None = None, cache_key: str | None = None,
     ) -> CapacityResult:
         """The largest concurrency (or ``knob`` level, measured by ``probe``) meeting ``slo``: exponential then
-        binary search, ``margin`` kept, cached per model, config and hardware (docs/capacity.md). Gates
+        binary search, ``margin`` kept, cached per model, config, prompts and hardware (docs/capacity.md). A
+        custom ``probe`` is cached only under ``cache_key`` (change it when the probe changes). Gates
         ``max_concurrency`` and ``goodput_req_s``; the search trace is in the test's notes."""
         result, part = calls.capacity(
             engine, workload, slo, update=self._session.update, start=start, limit=limit, margin=margin,
-            probe=probe, knob=knob, gate=gate, tolerances=tolerances, name=name,
+            probe=probe, knob=knob, gate=gate, tolerances=tolerances, name=name, cache_key=cache_key,
         )
         self._add(part)
         return result  # type: ignore[no-any-return]
