@@ -73,13 +73,21 @@ def fingerprint(engine_description: dict[str, Any], extra: tuple[str, ...] = ())
     An engine may name further distributions it runs on under ``"distributions"`` (a launched
     llama_cpp.server runs on llama-cpp-python); they are recorded with their versions.
     """
+    description = engine_identity(engine_description)
+    extra = (*tuple(engine_description.get("distributions", ())), *extra)
+    return {**description, **environment(description.get("backend"), extra)}
+
+
+def engine_identity(engine_description: dict[str, Any]) -> dict[str, Any]:
+    """An engine's description as a fingerprint stores it: the model file's name and sha256 in place of its path
+    (no machine's paths, e.g. a home cache), without the distributions (``fingerprint`` records their versions)."""
     description = dict(engine_description)
     model_path = description.pop("model_path", None)
-    extra = (*tuple(description.pop("distributions", ())), *extra)
+    description.pop("distributions", None)
     if model_path is not None:
         path = Path(model_path)
         description["model"] = {"file": path.name, "sha256": file_sha256(path)}
-    return {**description, **environment(description.get("backend"), extra)}
+    return description
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -40,7 +40,7 @@ def write_reports(session: LlmperfSession) -> list[Path]:
     written = []
     if session.report is not None:
         written += draw_figures(session, report_paths(session.report)[0])
-    markdown = render_markdown(session.outcomes, session.scaling, session.studies)
+    markdown = render_markdown(session.outcomes, session.scaling, session.studies, session.root)
     if session.report is not None:
         json_file, markdown_file = report_paths(session.report)
         json_file.parent.mkdir(parents=True, exist_ok=True)

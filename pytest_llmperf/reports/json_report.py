@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pytest_llmperf.core.tolerance import Tolerance
 from pytest_llmperf.core.verdict import MetricComparison, Verdict
 from pytest_llmperf.measure.scaling import ScalingResult
 from pytest_llmperf.reports.compare import Run
+from pytest_llmperf.reports.table import relative_to_root
 
 REPORT_SCHEMA = 1
 
@@ -117,11 +117,9 @@ def render_json(
     tests = []
     for outcome in sorted(outcomes, key=lambda o: o.test):
         entry = outcome_to_json(outcome)
-        if root is not None:
-            prefix = f"{root}{os.sep}"
-            for key in ("baseline_path", "message"):
-                entry[key] = entry[key].replace(prefix, "")
-            entry["notes"] = [note.replace(prefix, "") for note in entry["notes"]]
+        for key in ("baseline_path", "message"):
+            entry[key] = relative_to_root(entry[key], root)
+        entry["notes"] = [relative_to_root(note, root) for note in entry["notes"]]
         tests.append(entry)
     document: dict[str, Any] = {"schema": REPORT_SCHEMA, "tests": tests}
     if scaling:

@@ -7,6 +7,7 @@ gated metrics, the notes, the trade-off and scaling tables, and per test every m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from pytest_llmperf.core.check import CheckOutcome, Status
 from pytest_llmperf.core.metrics import format_value
@@ -16,7 +17,14 @@ from pytest_llmperf.measure.scaling import ScalingResult
 from pytest_llmperf.reports.ab import ab_cells
 from pytest_llmperf.reports.scaling import scaling_cells, scaling_header
 from pytest_llmperf.reports.study import study_markdown
-from pytest_llmperf.reports.table import HEADER, headline, render_notes, table_rows, tradeoff_rows
+from pytest_llmperf.reports.table import (
+    HEADER,
+    headline,
+    relative_to_root,
+    render_notes,
+    table_rows,
+    tradeoff_rows,
+)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -28,7 +36,8 @@ _QUALITY = ("runqueue_wait", "others_cores", "steal_pct", "machine_speed")
 
 
 def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingResult] = (),
-                    studies: Sequence[StudyResult] = ()) -> str:
+                    studies: Sequence[StudyResult] = (), root: Path | None = None) -> str:
+    """The report; paths under ``root`` (the rootdir) relative to it, as in the JSON report."""
     ordered = sorted(outcomes, key=lambda o: o.test)
     lines = ["## pytest-llmperf", ""]
     if not ordered:
@@ -74,4 +83,4 @@ def render_markdown(outcomes: Sequence[CheckOutcome], scaling: Sequence[ScalingR
                  for name, value in sorted(outcome.measured.items())]
         lines += [f"<details><summary>{outcome.test}</summary>", "", *_table(("metric", "value", ""), cells), "",
                   "</details>", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return relative_to_root("\n".join(lines), root).rstrip() + "\n"
