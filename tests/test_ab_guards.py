@@ -1,4 +1,5 @@
-"""``llmperf.ab`` guards: neither the A/B fingerprint nor the Markdown report holds a machine's absolute paths."""
+"""``llmperf.ab`` guards: one engine passed as both sides is refused, and neither the A/B fingerprint nor the
+Markdown report holds a machine's absolute paths."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from pytest_llmperf.core.fingerprint import file_sha256
 from pytest_llmperf.core.workload import Workload
 from pytest_llmperf.engines import Engine, create_engine
+from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.measure import calls
 
 TINY = Workload(n_prompt=4, n_predict=4, requests=1, warmup=0, repetitions=2, max_repetitions=2)
@@ -23,6 +25,34 @@ def engines() -> Iterator[tuple[Engine, Engine]]:
     yield a, b
     a.close()
     b.close()
+
+
+def test_the_same_engine_as_a_and_b_is_refused_naming_both_labels(engines: tuple[Engine, Engine]) -> None:
+    engine = engines[0]
+    with pytest.raises(LlmperfError, match=r"ab: OFF and ON are the same engine \(one object passed twice\)"):
+        calls.ab(engine, engine, TINY, gate=["completion_tok_s"], labels=("OFF", "ON"))
+
+
+SAME_ENGINE = """
+import pytest
+from pytest_llmperf import Workload
+
+
+@pytest.mark.perf
+def test_ab(engine_factory, llmperf):
+    engine = engine_factory("llama_cpp", model="q4_k_m", n_ctx=128)
+    twin = engine_factory("llama_cpp", model="q4_k_m", n_ctx=128)  # the same config: the same cached engine
+    llmperf.ab(engine, twin, Workload(n_prompt=4, n_predict=4, requests=1, repetitions=2, max_repetitions=2),
+               labels=("OFF", "ON"))
+"""
+
+
+def test_llmperf_ab_with_one_engine_twice_fails_and_records_no_baseline(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ab=SAME_ENGINE)
+    result = pytester.runpytest("-m", "perf", "-p", "no:cacheprovider", "--update-baselines")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ab: OFF and ON are the same engine*"])
+    assert not (pytester.path / "baselines" / "test_ab" / "test_ab.json").exists()
 
 
 def test_the_ab_fingerprint_names_each_model_file_not_its_path(engines: tuple[Engine, Engine]) -> None:

@@ -48,6 +48,17 @@ def check_labels(labels: Sequence[str]) -> tuple[str, str]:
     return labels[0], labels[1]
 
 
+def check_engines(engine_a: Engine, engine_b: Engine, labels: tuple[str, str]) -> None:
+    """Refuse one engine object as both sides: its "B over A" would be a run against itself, stored as a
+    baseline that compares nothing. (``engine_factory`` hands out one engine per config: the same config twice
+    is the same engine.)"""
+    if engine_a is engine_b:
+        raise LlmperfError(
+            f"ab: {labels[0]} and {labels[1]} are the same engine (one object passed twice); give two engines that "
+            f"differ in what you compare, e.g. engine_factory('llama_cpp', n_batch=1024) for {labels[1]}"
+        )
+
+
 @dataclass(repr=False)
 class ABResult:
     """Both sides' repetitions, paired round by round, and the ratio b/a of every metric."""
@@ -95,6 +106,7 @@ def run_ab(
     """Measure ``workload`` on both engines in ABBA order until the gated ratios are known to ``precision``."""
     if not 0 < precision < 1:
         raise LlmperfError(f"ab precision must be a fraction between 0 and 1, got {precision!r}")
+    check_engines(engine_a, engine_b, labels)
     single = replace(workload, warmup=0, repetitions=1, max_repetitions=1)
     if workload.warmup:
         for engine in (engine_a, engine_b):
