@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -187,3 +190,50 @@ def test_loader_fuzz_only_raises_baseline_errors(data: object) -> None:
         loaded = parse_baseline(data, Path("fuzz.json"))
         for hardware in loaded.hardware_classes:
             loaded.for_hardware(hardware)
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_a_new_baseline_gets_the_mode_the_umask_gives_a_new_file(tmp_path: Path) -> None:
+    for umask, expected in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
+        path = tmp_path / f"u{umask:o}" / "t.json"
+        path.parent.mkdir()
+        previous = os.umask(umask)
+        try:
+            record_baseline(path, _entry())
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(path.stat().st_mode) == expected, f"umask {umask:o}"
+
+
+def test_a_rewritten_baseline_keeps_its_mode(tmp_path: Path, umask_022: None) -> None:
+    for mode in (0o644, 0o640, 0o664):
+        path = tmp_path / f"m{mode:o}.json"
+        record_baseline(path, _entry(value=100.0))
+        path.chmod(mode)
+        record_baseline(path, _entry(value=90.0))
+        assert json.loads(path.read_text())["metrics"]["completion_tok_s"]["value"] == 90.0
+        assert stat.S_IMODE(path.stat().st_mode) == mode, f"{mode:o}"
+
+
+def test_a_study_file_gets_the_umask_mode_and_keeps_an_existing_one(tmp_path: Path, umask_022: None) -> None:
+    from pytest_llmperf.core.studies import store_choice
+    from pytest_llmperf.core.study import Choice, StudyPoint, StudySpec
+
+    point = StudyPoint("t.py::test_s[1]", {"n_batch": 1}, {"n_batch": 0}, {"completion_tok_s": 10.0})
+    choice = Choice(point, None, "the only point", [point.test], {})
+    spec = StudySpec(("n_batch",), "completion_tok_s", True)
+    path = tmp_path / "t.py" / "test_s.study.json"
+    store_choice(path, "t.py::test_s", "cpu:A:2", spec, choice)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    path.chmod(0o640)
+    store_choice(path, "t.py::test_s", "cpu:B:4", spec, choice)
+    assert set(json.loads(path.read_text())["choices"]) == {"cpu:A:2", "cpu:B:4"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640

@@ -21,12 +21,14 @@ writers (pytest-xdist workers) that update the same file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,10 +431,16 @@ def _remove_stale_temporaries(directory: Path) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: temp file in the same directory, fsync, rename."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``text`` to ``path`` atomically: temp file in the same directory, fsync, rename.
+
+    The file keeps the mode it had; a new one gets the mode the umask gives any new file (0644 under the usual
+    022), not ``mkstemp``'s 0600, so a baseline written by one user stays readable to a CI job or a colleague.
+    """
+    descriptor, temporary = _temporary_beside(path)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
@@ -440,6 +448,18 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """An exclusive new temp file ``.<name>.<random>.tmp`` beside ``path``, opened for writing with mode 0666 less
+    the umask (what ``open`` gives a new file)."""
+    for _ in range(100):
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(temporary)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temp file name for {path.name} after 100 tries")
 
 
 def stale_baselines(expected: set[Path]) -> list[Path]:
