@@ -96,3 +96,16 @@ def test_a_bad_report_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str
     good = write_report(tmp_path / "good.json", BEFORE)
     assert main(["compare", str(good), str(bad)]) == 2
     assert f"{bad}: report schema None is not 1" in capsys.readouterr().err
+
+
+def test_reports_with_no_test_in_common_are_an_error_naming_both_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = write_report(tmp_path / "before.json", BEFORE, gated=GATED)
+    other = tmp_path / "other.json"
+    document = json.loads(write_report(other, AFTER, gated=GATED).read_text(encoding="utf-8"))
+    document["tests"][0]["test"] = "perf_tests/test_y.py::test_prefill"
+    other.write_text(json.dumps(document), encoding="utf-8")
+    assert main(["compare", str(before), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"{before} and {other} have no test in common" in err

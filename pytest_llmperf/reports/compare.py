@@ -30,6 +30,27 @@ class Run:
     tolerances: dict[Key, str] = field(default_factory=dict)
     stderr: dict[Key, float] = field(default_factory=dict)
     fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The file the run was read from (named in errors); the label when it came from elsewhere.
+    source: str = ""
+
+    @property
+    def tests(self) -> set[str]:
+        """The tests the run measured (a test with no finite value counts: its fingerprint is there)."""
+        return {test for test, _ in self.values} | set(self.fingerprints)
+
+
+def check_common_tests(runs: Sequence[Run]) -> None:
+    """Raise LlmperfError naming the files when a later run has no test in common with the first: a table of
+    "not in" cells compares nothing, and an exit status of 0 would read as "no regression"."""
+    from pytest_llmperf.errors import LlmperfError
+
+    first = runs[0]
+    for run in runs[1:]:
+        if not first.tests & run.tests:
+            raise LlmperfError(
+                f"{first.source or first.label} and {run.source or run.label} have no test in common "
+                f"({len(first.tests)} and {len(run.tests)} tests): compare reports of runs of the same tests"
+            )
 
 
 def labels_of(paths: Sequence[Path]) -> list[str]:
@@ -85,7 +106,9 @@ def change_of(key: Key, old: float, new: float, tolerance_text: str | None, stde
 
 def compare_runs(runs: Sequence[Run]) -> tuple[list[str], list[str]]:
     """The table lines (then the fingerprint differences) and the regressions beyond tolerance, as
-    ``"test metric: run a -> run b ..."`` lines (for ``--fail-on-regression``)."""
+    ``"test metric: run a -> run b ..."`` lines (for ``--fail-on-regression``). Raises LlmperfError when the
+    runs share no test."""
+    check_common_tests(runs)
     first, later = runs[0], runs[1:]
     if len(runs) == 2:
         header: tuple[str, ...] = ("test", "metric", first.label, later[0].label, "difference", "change %", "")

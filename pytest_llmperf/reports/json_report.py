@@ -161,7 +161,7 @@ def load_run(path: Path, label: str) -> Run:
     values = load_report_values(path)  # (checks the file, naming it)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        run = Run(label, values)
+        run = Run(label, values, source=str(path))
         for test in data["tests"]:
             run.fingerprints[test["test"]] = dict(test.get("fingerprint") or {})
             for metric in test["metrics"]:
