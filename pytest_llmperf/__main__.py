@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("reports", type=Path, nargs="+", metavar="REPORT")
     compare.add_argument("--plot", type=Path, metavar="DIR", help="draw the before/after figures (PNG) in DIR")
     compare.add_argument("--fail-on-regression", action="store_true",
-                         help="exit 1 when a metric moved beyond its tolerance in its bad direction")
+                         help="exit 1 when a metric moved beyond its tolerance in its bad direction, or a later "
+                              "report lacks a test or metric the first report gated")
     arguments = parser.parse_args(argv)
 
     from pytest_llmperf.reports.compare import compare_runs, draw_runs, labels_of
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         labels = labels_of(arguments.reports)
         runs = [load_run(path, label) for path, label in zip(arguments.reports, labels, strict=True)]
-        lines, regressions = compare_runs(runs)
+        lines, regressions, dropped = compare_runs(runs)
         if arguments.plot is not None:
             from pytest_llmperf.reports.figures import available
 
@@ -56,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print("\n".join(lines))
-    if arguments.fail_on_regression and regressions:
-        print(f"\n{len(regressions)} metrics moved beyond tolerance in their bad direction:", file=sys.stderr)
-        for line in regressions:
-            print(f"  {line}", file=sys.stderr)
+    if arguments.fail_on_regression and (regressions or dropped):
+        if regressions:
+            print(f"\n{len(regressions)} metrics moved beyond tolerance in their bad direction:", file=sys.stderr)
+            print("\n".join(f"  {line}" for line in regressions), file=sys.stderr)
+        if dropped:
+            print(f"\n{len(dropped)} gates of {runs[0].label} are missing from a later report (a dropped gate is "
+                  "not a pass):", file=sys.stderr)
+            print("\n".join(f"  {line}" for line in dropped), file=sys.stderr)
         return 1
     return 0
 

@@ -109,3 +109,32 @@ def test_reports_with_no_test_in_common_are_an_error_naming_both_files(
     assert main(["compare", str(before), str(other)]) == 2
     err = capsys.readouterr().err
     assert f"{before} and {other} have no test in common" in err
+
+
+def test_fail_on_regression_counts_a_gated_test_or_metric_a_later_run_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = write_report(tmp_path / "before.json", BEFORE, gated=GATED)
+    # The later run measured the test but no longer has the gated tpot_p50 (everything else unchanged).
+    lost_metric = write_report(tmp_path / "lost_metric.json",
+                               {k: v for k, v in BEFORE.items() if k != "tpot_p50"}, gated=GATED)
+    assert main(["compare", "--fail-on-regression", str(before), str(lost_metric)]) == 1
+    err = capsys.readouterr().err
+    assert f"{TEST} tpot_p50: gated in before, no value in lost_metric" in err
+
+    # The later run lost the gated test altogether (another test kept the runs comparable).
+    lost_test = tmp_path / "lost_test.json"
+    document = json.loads(write_report(lost_test, BEFORE, gated=GATED).read_text(encoding="utf-8"))
+    document["tests"][0]["test"] = "perf_tests/test_y.py::test_prefill"
+    kept = json.loads(write_report(tmp_path / "kept.json", BEFORE).read_text(encoding="utf-8"))["tests"][0]
+    kept["test"] = "perf_tests/test_z.py::test_kept"
+    document["tests"].append(kept)
+    first = json.loads(before.read_text(encoding="utf-8"))
+    first["tests"].append(kept)
+    before.write_text(json.dumps(first), encoding="utf-8")
+    lost_test.write_text(json.dumps(document), encoding="utf-8")
+    assert main(["compare", "--fail-on-regression", str(before), str(lost_test)]) == 1
+    err = capsys.readouterr().err
+    assert f"{TEST}: gated in before (completion_tok_s, tpot_p50), missing from lost_test" in err
+    # Without the option the table is printed and the exit status stays 0.
+    assert main(["compare", str(before), str(lost_test)]) == 0

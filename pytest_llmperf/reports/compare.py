@@ -104,10 +104,10 @@ def change_of(key: Key, old: float, new: float, tolerance_text: str | None, stde
     return Change(difference, pct, "better" if better else "worse")
 
 
-def compare_runs(runs: Sequence[Run]) -> tuple[list[str], list[str]]:
-    """The table lines (then the fingerprint differences) and the regressions beyond tolerance, as
-    ``"test metric: run a -> run b ..."`` lines (for ``--fail-on-regression``). Raises LlmperfError when the
-    runs share no test."""
+def compare_runs(runs: Sequence[Run]) -> tuple[list[str], list[str], list[str]]:
+    """The table lines (then the fingerprint differences), the regressions beyond tolerance, as
+    ``"test metric: run a -> run b ..."`` lines, and the gates of the first run that a later run dropped
+    (``dropped_gates``), both for ``--fail-on-regression``. Raises LlmperfError when the runs share no test."""
     check_common_tests(runs)
     first, later = runs[0], runs[1:]
     if len(runs) == 2:
@@ -141,7 +141,24 @@ def compare_runs(runs: Sequence[Run]) -> tuple[list[str], list[str]]:
         changes = fingerprint_changes(first, run)
         if changes:
             lines += ["", f"fingerprint changes {first.label} -> {run.label}:", *[f"  {line}" for line in changes]]
-    return lines, regressions
+    return lines, regressions, dropped_gates(runs)
+
+
+def dropped_gates(runs: Sequence[Run]) -> list[str]:
+    """The tests and metrics the first run gated that a later run lacks, one line each: a gate a run silently
+    dropped (the test deselected or renamed, the metric no longer measured) is not a pass."""
+    first = runs[0]
+    gated_tests = sorted({test for test, _ in first.tolerances})
+    lines = []
+    for run in runs[1:]:
+        for test in gated_tests:
+            metrics = sorted(metric for name, metric in first.tolerances if name == test)
+            if test not in run.tests:
+                lines.append(f"{test}: gated in {first.label} ({', '.join(metrics)}), missing from {run.label}")
+                continue
+            lines += [f"{test} {metric}: gated in {first.label}, no value in {run.label}"
+                      for metric in metrics if (test, metric) not in run.values]
+    return lines
 
 
 def _combined(a: float | None, b: float | None) -> float | None:
