@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
 from pytest_llmperf.core.kv_cache import GIB
 from pytest_llmperf.engines import create_engine
+from pytest_llmperf.engines.llama_cpp_bench import BenchContext
 from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.measure.bench import bench, parallel
 from pytest_llmperf.reports.scaling import render_scaling
@@ -20,14 +22,41 @@ def engine():
     engine.close()
 
 
-def test_bench_measures_each_repetition(engine) -> None:
+class _Timings:
+    """The seconds each ``BenchContext`` call returned, in call order: the t/s figures are checked against them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, tuple[int, ...], object]] = []
+        for method in ("prompt", "generate", "batched"):
+            original = getattr(BenchContext, method)
+
+            def recording(context, *args, _method=method, _original=original):
+                seconds = _original(context, *args)
+                self.calls.append((_method, args, seconds))
+                return seconds
+
+            monkeypatch.setattr(BenchContext, method, recording)
+
+    def of(self, method: str) -> list[tuple[tuple[int, ...], object]]:
+        return [(args, seconds) for name, args, seconds in self.calls if name == method]
+
+
+def test_bench_measures_each_repetition(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    timings = _Timings(monkeypatch)
     result = bench(engine, n_prompt=32, n_gen=8, repetitions=3)
-    assert len(result.pp) == 3 and len(result.tg) == 3
-    assert all(value > 0 for value in (*result.pp, *result.tg))
+    # One untimed warm-up (the whole prompt, a 1-token generation) like llama-bench, then tokens / seconds of each
+    # timed repetition.
+    prompts, generations = timings.of("prompt"), timings.of("generate")
+    assert [args for args, _ in prompts] == [(32,)] * 4 and [args for args, _ in generations] == [(1,), *[(8,)] * 3]
+    assert result.pp == tuple(32 / seconds for _, seconds in prompts[1:])
+    assert result.tg == tuple(8 / seconds for _, seconds in generations[1:])
     assert result.pp_tok_s == pytest.approx(sum(result.pp) / 3)
-    assert result.pp_sd is not None and result.describe().startswith("pp32 ")
+    assert result.tg_sd == pytest.approx(statistics.stdev(result.tg))
+    assert result.describe() == (f"pp32 {result.pp_tok_s:.2f} +- {result.pp_sd:.2f} t/s, "
+                                 f"tg8 {result.tg_tok_s:.2f} +- {result.tg_sd:.2f} t/s")
     only_tg = bench(engine, n_prompt=0, n_gen=4, repetitions=1)
-    assert only_tg.pp_tok_s is None and only_tg.tg_tok_s is not None and only_tg.tg_sd is None
+    assert only_tg.pp == () and len(only_tg.tg) == 1 and only_tg.pp_tok_s is None and only_tg.tg_sd is None
+    assert only_tg.describe().startswith("pp0 -, tg4 ")
     with pytest.raises(LlmperfError, match="n_prompt must be a non-negative integer"):
         bench(engine, n_prompt=-1)
 
@@ -40,47 +69,78 @@ def test_bench_needs_an_in_process_engine() -> None:
         bench(Remote())
 
 
-def test_parallel_table_has_kv_cache_per_level_predicted_and_as_llama_cpp_allocated(engine) -> None:
+def test_parallel_table_has_kv_cache_per_level_predicted_and_as_llama_cpp_allocated(
+    engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timings = _Timings(monkeypatch)
     result = parallel(engine, "t", n_prompt=16, n_gen=4, n_parallel=(1, 2, 4))
     assert [row["concurrency"] for row in result.rows] == [1, 2, 4]
+    # Per level: a warm-up batch, then the timed one (repetitions=1): (prompt seconds, generation seconds).
+    batched = timings.of("batched")
+    assert [args for args, _ in batched] == [(16, 1, 1), (16, 4, 1), (16, 1, 2), (16, 4, 2), (16, 1, 4), (16, 4, 4)]
+    timed = {args[2]: seconds for args, seconds in batched[1::2]}
     for row in result.rows:
         level = int(row["concurrency"])
+        t_pp, t_tg = timed[level]
+        assert row["prompt_tok_s"] == pytest.approx(level * 16 / t_pp)
+        assert row["completion_tok_s"] == pytest.approx(level * 4 / t_tg)
+        assert row["total_tok_s"] == pytest.approx(level * 20 / (t_pp + t_tg))
         # 8 layers x K and V x 512 values x 2 bytes, 256 cells per sequence after llama.cpp's padding.
         assert row["kv_cache_gib_predicted"] == pytest.approx(level * 256 * 8 * 2 * 512 * 2 / GIB)
         assert row["kv_cache_gib_measured"] == pytest.approx(row["kv_cache_gib_predicted"])
+        assert row["speedup"] == pytest.approx(row["total_tok_s"] / result.rows[0]["total_tok_s"])
         assert row["efficiency"] == pytest.approx(row["speedup"] / level)
-        assert row["total_tok_s"] < row["prompt_tok_s"]  # prompt tokens go in batches, generated ones do not
     assert result.rows[0]["speedup"] == 1.0
     metrics = result.metrics(["total_tok_s", "efficiency"])
     assert set(metrics) == {"total_tok_s@c1", "total_tok_s@c2", "total_tok_s@c4", "efficiency@c2", "efficiency@c4"}
+    assert metrics["efficiency@c4"] == result.rows[2]["efficiency"]
     table = "\n".join(render_scaling(result))
     assert "overall t/s" in table and "KV MiB (llama.cpp)" in table and "16.00" in table
 
 
+# The speed figures are recorded and reported, not gated: on this shared 2-core VM pp/tg and the parallel t/s
+# swing 2x between two runs (a first check measured efficiency@c2 -41%, tg_tok_s +83%), so a speed gate here
+# could be neither sure nor able to fail. The KV cache llama.cpp allocates is exact: gated at tolerance 0.
 TEST = """
 import pytest
 
 @pytest.mark.perf
-@pytest.mark.perf_tolerance({"*_tok_s": "300%", "efficiency": "300%"})
 def test_capacity(engine_factory, llmperf):
     engine = engine_factory("llama_cpp", model="q4_k_m", n_ctx=256)
-    result = llmperf.bench(engine, n_prompt=32, n_gen=8, repetitions=2)
-    assert result.tg_tok_s > 0
-    table = llmperf.parallel(engine, n_prompt=16, n_gen=4, n_parallel=(1, 2))
-    assert table.efficiency(2) > 0
+    result = llmperf.bench(engine, n_prompt=32, n_gen=8, repetitions=2, gate=[])
+    assert len(result.pp) == 2 and result.tg_tok_s == sum(result.tg) / 2
+    table = llmperf.parallel(engine, n_prompt=16, n_gen=4, n_parallel=(1, 2),
+                             gate=["kv_cache_gib_measured", "kv_cache_gib_predicted"])
+    assert table.row(2)["kv_cache_gib_measured"] == 2 * table.row(1)["kv_cache_gib_measured"]
 """
+KV_C2 = 2 * 256 * 8 * 2 * 512 * 2 / GIB  # two sequences of 256 cells: 8 MiB
 
 
-def test_bench_and_parallel_are_gated_and_tabulated(pytester: pytest.Pytester) -> None:
+def test_bench_and_parallel_are_recorded_gated_on_the_kv_cache_and_tabulated(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_cap=TEST)
     args = ("-m", "perf", "-p", "no:cacheprovider", "--llmperf-report", "out/report.json")
     recorded = pytester.runpytest(*args, "--update-baselines")
-    assert recorded.ret == 0, recorded.stdout.str()
-    baseline = json.loads((pytester.path / "baselines/test_cap/test_capacity.json").read_text())
-    assert {"pp_tok_s", "tg_tok_s", "total_tok_s@c2", "efficiency@c2", "kv_cache_gib_measured@c2"} <= set(
-        baseline["metrics"])
+    recorded.assert_outcomes(passed=1)
+    baseline_path = pytester.path / "baselines/test_cap/test_capacity.json"
+    baseline = json.loads(baseline_path.read_text())
+    gated = {f"kv_cache_gib_{kind}@c{level}" for kind in ("measured", "predicted") for level in (1, 2)}
+    assert set(baseline["metrics"]) == gated
+    assert baseline["metrics"]["kv_cache_gib_measured@c2"]["value"] == pytest.approx(KV_C2)
+
     checked = pytester.runpytest(*args)
-    assert checked.ret == 0, checked.stdout.str()
-    checked.stdout.fnmatch_lines(["*sequences*prompt t/s*overall t/s*KV MiB (model)*"])
+    checked.assert_outcomes(passed=1)
+    checked.stdout.fnmatch_lines(["*sequences*prompt t/s*overall t/s*KV MiB (model)*", "*2*8.00*8.00*"])
     report = json.loads((pytester.path / "out/report.json").read_text())
     assert report["scaling"][0]["throughput"] == "total_tok_s"
+    verdicts = {metric["metric"]: metric["verdict"] for metric in report["tests"][0]["metrics"]}
+    assert {name: verdicts[name] for name in gated} == dict.fromkeys(gated, "ok")
+    for name in ("pp_tok_s", "tg_tok_s", "total_tok_s@c2", "efficiency@c2"):  # in the report, beside the gate
+        assert verdicts[name] == "not gated", name
+
+    # A KV cache that grew since the baseline (here: a baseline that says it was half) fails, naming the metric.
+    baseline["metrics"]["kv_cache_gib_measured@c2"]["value"] = KV_C2 / 2
+    baseline_path.write_text(json.dumps(baseline))
+    grown = pytester.runpytest(*args)
+    grown.assert_outcomes(failed=1)
+    grown.stdout.fnmatch_lines(["*performance regression in test_cap.py::test_capacity*",
+                                "*kv_cache_gib_measured@c2: 3.906e-03 -> 7.812e-03 (+100.0%*tolerance 0)*"])
