@@ -92,22 +92,57 @@ def test_a_known_latency_curve_gives_the_exact_answer() -> None:
     assert oom.found == 3 and "engine error: out of memory" in oom.trace[2].reason
 
 
-def test_the_answer_is_cached_until_update(tmp_path, monkeypatch) -> None:
+def test_the_cache_is_verified_not_recalled(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LLMPERF_CACHE_DIR", str(tmp_path))
     workload = Workload(n_prompt=4, n_predict=5, requests=2, warmup=0)
     kwargs: dict[str, Any] = {"start": 1, "limit": 64, "margin": 0.85, "gate": ("max_concurrency",)}
     first = QueueingEngine()
     result, part = calls.capacity(first, workload, {"ttft_p99": 0.55}, update=False, **kwargs)
-    assert not result.cached and first.levels and part.metrics["max_concurrency"] == 4.0
+    assert not result.cached and first.levels == [1, 2, 4, 8, 6, 5] and part.metrics["max_concurrency"] == 4.0
+    assert part.reference == {"capacity": {"knob": "concurrency", "found": 5, "margin": 0.85}}
     # At the found level 5: 10 requests, all sent at 0 and done at 0.9 s, each with TTFT 0.5 s <= 0.55.
     assert part.metrics["goodput_req_s"] == pytest.approx(10 / 0.9)
     again = QueueingEngine()
     cached, part = calls.capacity(again, workload, {"ttft_p99": 0.55}, update=False, **kwargs)
-    assert cached.cached and not again.levels and cached.max_concurrency == 4
-    assert "(cached)" in part.warnings[0]
+    # The cached answer is where measuring starts, not the result: 5 must still pass and 6 still fail.
+    assert cached.cached and again.levels == [5, 6] and cached.max_concurrency == 4
+    assert "verified the cached answer 5 (the cache only speeds up recording" in part.warnings[0]
+    assert part.metrics["goodput_req_s"] == pytest.approx(10 / 0.9)
     updated = QueueingEngine()
     calls.capacity(updated, workload, {"ttft_p99": 0.55}, update=True, **kwargs)
-    assert updated.levels  # --update-baselines searches again
+    assert updated.levels == [5, 6]  # --update-baselines measures too
     other_slo = QueueingEngine()
     calls.capacity(other_slo, workload, {"ttft_p99": 0.35}, update=False, **kwargs)
-    assert other_slo.levels  # a different SLO is a different answer
+    assert other_slo.levels == [1, 2, 4, 3]  # a different SLO is a different answer: searched
+
+
+def test_verify_measures_the_stored_answer_and_the_next_level() -> None:
+    from pytest_llmperf.measure.capacity import verify
+
+    same = verify(passes_up_to(5), 5, margin=1.0)
+    assert [t.level for t in same.trace] == [5, 6] and same.found == 5 and same.stored == 5
+    assert "verified the baseline's answer 5: 5 still meets the SLO and 6 does not" in same.describe()
+    lower = verify(passes_up_to(3), 5, margin=1.0)
+    assert [t.level for t in lower.trace] == [5, 2, 3, 4] and lower.found == 3 and lower.max_concurrency == 3
+    assert "the baseline's answer 5 no longer meets the SLO (too slow): searched down to 3" in lower.describe()
+    assert verify(passes_up_to(0), 5).found == 0  # down to nothing: even 1 fails now
+    higher = verify(passes_up_to(9), 5, margin=1.0)
+    assert [t.level for t in higher.trace] == [5, 6, 12, 9, 10] and higher.found == 9
+    assert "6 meets the SLO above the baseline's answer 5: searched up to 9" in higher.describe()
+    nothing = verify(passes_up_to(0), 0)
+    assert [t.level for t in nothing.trace] == [1] and nothing.found == 0
+    assert "verified the baseline's answer 0: 1 still fails the SLO" in nothing.describe()
+    at_limit = verify(passes_up_to(100), 64, limit=48)  # the limit was lowered: nothing above it is tried
+    assert [t.level for t in at_limit.trace] == [48] and at_limit.found == 48 and at_limit.limit_reached
+
+
+def test_the_level_behind_a_recorded_max_concurrency() -> None:
+    from pytest_llmperf.measure.capacity import stored_level
+
+    assert stored_level(3.0, 0.85, 32) == 4  # floor(0.85 x 4) = 3; floor(0.85 x 5) = 4
+    assert stored_level(5.0, 0.85, 64) == 7  # 6 and 7 both keep 5: the larger is verified (a fail searches down)
+    assert stored_level(1.0, 0.85, 64) == 2
+    assert stored_level(0.0, 0.85, 64) == 0
+    assert stored_level(5.0, 1.0, 64) == 5
+    assert stored_level(40.0, 0.85, 32) is None  # beyond the limit now: searched instead
+    assert stored_level(2.5, 0.85, 32) is None

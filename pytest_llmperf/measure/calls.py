@@ -466,10 +466,15 @@ def capacity(
     engine: Engine, workload: Workload | None, slo: Mapping[str, float], *, update: bool, start: int, limit: int,
     margin: float, probe: Any = None, knob: str = "concurrency", gate: Sequence[str],
     tolerances: Mapping[str, object] | None = None, name: str | None = None, cache_key: str | None = None,
+    test: str | None = None, baseline_dir: Path | None = None,
 ) -> tuple[Any, Part]:
-    """The largest ``knob`` level meeting ``slo`` (``measure/capacity.search``), reused from the cache unless
-    ``update`` or anything it depends on changed; ``probe(level) -> metrics`` measures a custom knob. A custom
-    probe's answer is cached only under the caller's ``cache_key`` (the plugin cannot see what a probe measures)."""
+    """The largest ``knob`` level meeting ``slo``; ``probe(level) -> metrics`` measures a custom knob.
+
+    A check run (not ``update``) verifies the level this machine's baseline of ``test`` was recorded at
+    (``measure/capacity.verify``: that level and the next, two trials when nothing changed) instead of recalling
+    an answer: the result is what the server does now. Recording (``update``, or no baseline) verifies the
+    cache's last answer the same way, else searches. A custom probe's answer is cached only under the caller's
+    ``cache_key`` (the plugin cannot see what a probe measures)."""
     from pytest_llmperf.measure import capacity as capacity_module
 
     limits = capacity_module.check_slo(slo)
@@ -480,25 +485,36 @@ def capacity(
                 "probe": None if probe is None else cache_key}
     key = capacity_module.cache_key(described, settings)
     cacheable = probe is None or cache_key is not None
-    result = None if update or not cacheable else capacity_module.load_cached(key)
-    if result is None:
-        if probe is None:
-            probing = capacity_module.workload_probe(engine, workload, limits)
-        else:
-            def probing(level: int) -> Any:
-                metrics = dict(probe(level))
-                failures = capacity_module.slo_failures(limits, metrics)
-                return capacity_module.Trial(level, not failures, "; ".join(failures) or "meets the SLO", metrics)
-        with measurement_lock():
+    stored, source = None, None
+    if not update and test is not None and baseline_dir is not None:
+        stored = capacity_module.baseline_level(baseline_dir, test, hardware_class(described), name, margin, limit)
+        source = "baseline"
+    if stored is None and cacheable:
+        cached = capacity_module.load_cached(key)
+        stored, source = (cached.found, "cache") if cached is not None else (None, None)
+    if probe is None:
+        probing = capacity_module.workload_probe(engine, workload, limits)
+    else:
+        def probing(level: int) -> Any:
+            metrics = dict(probe(level))
+            failures = capacity_module.slo_failures(limits, metrics)
+            return capacity_module.Trial(level, not failures, "; ".join(failures) or "meets the SLO", metrics)
+    with measurement_lock():
+        if stored is None:
             result = capacity_module.search(probing, knob=knob, start=start, limit=limit, margin=margin)
-        chosen = next((t for t in result.trace if t.level == result.found and t.passed), None)
-        result = replace(result, goodput_req_s=chosen.metrics.get("goodput_req_s") if chosen else None)
-        if cacheable:
-            capacity_module.store_cached(key, result)
+        else:
+            result = capacity_module.verify(probing, stored, knob=knob, start=start, limit=limit, margin=margin,
+                                            source=str(source))
+    chosen = next((t for t in result.trace if t.level == result.found and t.passed), None)
+    result = replace(result, goodput_req_s=chosen.metrics.get("goodput_req_s") if chosen else None)
+    if cacheable:
+        capacity_module.store_cached(key, result)
     metrics = prefixed(name, result.metrics())
     part = Part(
         "capacity", dict(metrics), tuple(prefixed(name, dict.fromkeys(gate))), fingerprint=described,
         workload={**workload.to_dict(), "capacity": {k: v for k, v in settings.items() if k != "workload"}},
-        warnings=[f"capacity search: {result.describe()}"], tolerances=tolerances, name=name,
+        warnings=[f"capacity: {result.describe()}"], tolerances=tolerances, name=name,
+        # The level that passed, beside max_concurrency (margin x it): what the next check run verifies.
+        reference={"capacity": {"knob": knob, "found": result.found, "margin": margin}},
     )
     return result, part

@@ -157,12 +157,15 @@ class PerfCheck:
         name: str | None = None, cache_key: str | None = None,
     ) -> CapacityResult:
         """The largest concurrency (or ``knob`` level, measured by ``probe``) meeting ``slo``: exponential then
-        binary search, ``margin`` kept, cached per model, config, prompts and hardware (docs/capacity.md). A
-        custom ``probe`` is cached only under ``cache_key`` (change it when the probe changes). Gates
-        ``max_concurrency`` and ``goodput_req_s``; the search trace is in the test's notes."""
+        binary search, ``margin`` kept (docs/capacity.md). A check run measures the baseline's level and the next
+        one (two trials) instead of recalling an answer, and searches below or above when either moved; the
+        cache (per model, config, prompts and hardware) only speeds up recording. A custom ``probe`` is cached
+        only under ``cache_key`` (change it when the probe changes). Gates ``max_concurrency`` and
+        ``goodput_req_s``; the trials are in the test's notes."""
         result, part = calls.capacity(
             engine, workload, slo, update=self._session.update, start=start, limit=limit, margin=margin,
             probe=probe, knob=knob, gate=gate, tolerances=tolerances, name=name, cache_key=cache_key,
+            test=self._record.test, baseline_dir=self._session.baseline_dir,
         )
         self._add(part)
         return result  # type: ignore[no-any-return]
