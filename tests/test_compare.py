@@ -138,3 +138,15 @@ def test_fail_on_regression_counts_a_gated_test_or_metric_a_later_run_dropped(
     assert f"{TEST}: gated in before (completion_tok_s, tpot_p50), missing from lost_test" in err
     # Without the option the table is printed and the exit status stays 0.
     assert main(["compare", str(before), str(lost_test)]) == 0
+
+
+def test_plot_to_an_existing_file_is_an_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    before = write_report(tmp_path / "before.json", BEFORE, gated=GATED)
+    after = write_report(tmp_path / "after.json", AFTER, gated=GATED)
+    existing = tmp_path / "figures.png"
+    existing.write_bytes(b"not a folder")
+    assert main(["compare", "--plot", str(existing), str(before), str(after)]) == 2
+    err = capsys.readouterr().err
+    assert f"--plot {existing}: is a file, not a folder; give a folder for the figures" in err
+    assert existing.read_bytes() == b"not a folder"

@@ -187,11 +187,16 @@ RUN_FIGURES = ("throughput", "memory", "accuracy", "change")
 
 
 def draw_runs(runs: Sequence[Run], directory: Path) -> tuple[list[Path], list[str]]:
-    """The before/after figures in ``directory``, and a note for each that the runs' metrics do not allow."""
+    """The before/after figures in ``directory``, and a note for each that the runs' metrics do not allow.
+    Raises LlmperfError when ``directory`` is a file or cannot be made."""
+    from pytest_llmperf.errors import LlmperfError
     from pytest_llmperf.reports.figures import memory_scale, save
     from pytest_llmperf.reports.figures.accuracy import accuracy_heatmap
     from pytest_llmperf.reports.figures.runs import change_chart, grouped_bars
 
+    if directory.exists() and not directory.is_dir():
+        raise LlmperfError(f"--plot {directory}: is a file, not a folder; give a folder for the figures "
+                           f"(e.g. --plot {directory.with_suffix('')}-figures), which compare creates if needed")
     keys = sorted(set().union(*(run.values for run in runs)))
     labels = [run.label for run in runs]
     tests = {test for test, _ in keys}
@@ -237,7 +242,11 @@ def draw_runs(runs: Sequence[Run], directory: Path) -> tuple[list[Path], list[st
         if kind not in figures:
             notes.append(f"{kind}.png not drawn: no {kind} metric in every report" if kind != "change" else
                          "change.png not drawn: no metric is in every report")
-    return [save(figures[kind], directory / f"{kind}.png") for kind in RUN_FIGURES if kind in figures], notes
+    try:
+        return [save(figures[kind], directory / f"{kind}.png") for kind in RUN_FIGURES if kind in figures], notes
+    except OSError as error:
+        raise LlmperfError(f"--plot {directory}: cannot write the figures there ({error.strerror or error}); "
+                           "give a folder you can write to") from None
 
 
 def ab_report(report: Mapping[Key, tuple[float, list[float]]]) -> list[str]:
