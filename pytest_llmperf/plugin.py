@@ -191,16 +191,12 @@ def _judge(item: pytest.Function, record: TestRecord, passed: bool) -> None:
         return wait_until_quiet(reference, session.busy_wait_s)
 
     try:
-        from pytest_llmperf.core.baseline import hardware_class
-        from pytest_llmperf.measure.quality import remember_speed, usual_speed
+        from pytest_llmperf.measure.quality import SpeedHistory
 
         confirm = session.confirm if passed else 0
-        hardware = hardware_class(record.measurement().fingerprint)
         outcome = judge(record, session.baseline_dir, table, update=session.update, confirm=confirm, edit=edit,
-                        strict=session.strict, wait_until_quiet=quiet, usual_speed=usual_speed(hardware))
+                        strict=session.strict, wait_until_quiet=quiet, speed_history=SpeedHistory())
         write_pending(outcome, test_passed=passed)
-        if outcome.disturbed is None:
-            remember_speed(hardware, outcome.quality.get("machine_speed"))
     except LlmperfError as error:
         if not passed:
             return  # the test's own failure says what went wrong
@@ -211,8 +207,7 @@ def _judge(item: pytest.Function, record: TestRecord, passed: bool) -> None:
     session.outcomes.append(outcome)
     item.user_properties += [(f"llmperf.{name}", value) for name, value in outcome.measured.items()]
     item.user_properties.append(("llmperf.status", outcome.status.value))
-    if outcome.disturbed is not None:
-        item.user_properties.append(("llmperf.disturbed", outcome.disturbed))
+    item.user_properties += [("llmperf.disturbed", outcome.disturbed)] if outcome.disturbed else []
     if (benchmark := item.funcargs.get("benchmark")) is not None:  # pytest-benchmark's extra_info, its JSON
         benchmark.extra_info.update({f"llmperf.{name}": outcome.measured[name] for name in outcome.gated})  # type: ignore[attr-defined]
     if passed:

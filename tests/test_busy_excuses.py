@@ -3,17 +3,18 @@ slowdown, and a slowdown larger than the disturbance can account for is a regres
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_llmperf.core.baseline import MetricRecord
-from pytest_llmperf.core.disturbance import explained_slowdown
-from pytest_llmperf.core.record import Part, TestRecord, _judge_disturbance
 from pytest_llmperf.core.check import CheckOutcome, Status
-from pytest_llmperf.core.tolerance import parse_tolerance
-from pytest_llmperf.core.verdict import MetricComparison, Verdict, judge
+from pytest_llmperf.core.disturbance import explained_slowdown
 from pytest_llmperf.core.intervals import Interval
 from pytest_llmperf.core.metrics import metric_spec
-from pathlib import Path
+from pytest_llmperf.core.record import Part, TestRecord, _judge_disturbance
+from pytest_llmperf.core.tolerance import parse_tolerance
+from pytest_llmperf.core.verdict import MetricComparison, Verdict, judge
 
 TEN_PERCENT = parse_tolerance("10%", metric_spec("completion_tok_s"), "test")
 BASE = [1000.0, 1010.0, 990.0, 1005.0, 995.0, 1000.0]

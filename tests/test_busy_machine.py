@@ -91,10 +91,18 @@ def test_a_regression_on_a_busy_machine_is_not_judged_and_strict_makes_it_an_err
     quiet.stdout.fnmatch_lines(["*performance regression in test_speed.py::test_speed*"])
 
     monkeypatch.setenv("LLMPERF_TEST_OTHERS", "1.5")
+    # A neighbour that neither slowed the machine (reference loop) nor made the engine wait for a core cannot
+    # explain a 3x slowdown (issue 25): the regression stands, busy or not.
+    unexplained = speed.runpytest(*FAST, "--llmperf-confirm", "0")
+    unexplained.assert_outcomes(failed=1)
+    unexplained.stdout.fnmatch_lines(["*which cannot explain completion_tok_s (the disturbance explains at most "
+                                      "1.00x): a regression all the same*"])
+    # The same neighbour with the machine running 3.5x slower than at recording explains it: not judged.
+    monkeypatch.setenv("LLMPERF_TEST_SPEED", str(stored["quality"]["machine_speed"] / 3.5))
     busy = speed.runpytest(*FAST, "-rs", "--junitxml=junit.xml", "--llmperf-report=report.json")
     busy.assert_outcomes(skipped=1)
     busy.stdout.fnmatch_lines([
-        "*not judged: machine busy (*other processes used 1.5 cores*6 of 6 repetitions disturbed)*",
+        "*not judged: machine busy (*other processes used 1.5 cores*ran 71% slower*6 of 6 repetitions disturbed)*",
     ])
     assert "a second measurement after waiting" in busy.stdout.str()  # it waited, measured again, still busy
     junit = (speed.path / "junit.xml").read_text()
@@ -267,14 +275,20 @@ def test_quality_sampler_sees_this_process_and_the_machine(  # type: ignore[no-u
 def test_a_slower_host_is_not_judged_but_a_slower_engine_is(
     speed: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The machine's speed (the reference loop) 30% below the baseline's: a regression is "not judged", never
-    a failure, and the message says how much slower the machine ran."""
+    """The machine's speed (the reference loop) below the baseline's: a slowdown it explains is "not judged",
+    never a failure, and the message says how much slower the machine ran; a slowdown larger than the machine's
+    (3x against 30%) is a regression all the same (issue 25)."""
     speed.runpytest(*FAST, "--update-baselines").assert_outcomes(passed=1)
     _make_baseline_faster(speed.path / BASELINE, 3.0)
     monkeypatch.setenv("LLMPERF_TEST_SPEED", "7")
+    larger = speed.runpytest(*FAST, "--llmperf-confirm", "0")
+    larger.assert_outcomes(failed=1)
+    larger.stdout.fnmatch_lines(["*the machine ran 30% slower than when the baseline was recorded, which cannot "
+                                 "explain this change*"])
+    monkeypatch.setenv("LLMPERF_TEST_SPEED", "3")
     result = speed.runpytest(*FAST, "-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*not judged*30% slower than when the baseline was recorded*"])
+    result.stdout.fnmatch_lines(["*not judged*70% slower than when the baseline was recorded*"])
 
 
 def test_threads_default_to_half_the_cores_and_warn_beyond_the_free_ones(

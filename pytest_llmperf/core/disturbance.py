@@ -17,6 +17,7 @@ The thresholds sit between the quiet and loaded distributions that ``benchmarks/
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
@@ -83,10 +84,15 @@ def explained_slowdown(figures: Figures, reference: Figures | None = None, *, ma
     against the state the baseline was recorded in: the machine's own slowdown (reference loop; a faster machine
     explains no slowdown: 1) times the run-queue wait's ``1 / (1 - extra wait)`` (threads that waited a share of
     the time for a core progressed only in the rest). With ``machine_adjusted`` the samples were already adjusted
-    for the machine's speed, so only the wait counts. Steal and other processes' cores show up in those two.
+    for the machine's speed, so only the wait counts. Steal and other processes' cores show up in those two;
+    without a reference-loop figure (``LLMPERF_MACHINE_SPEED=off``) nothing bounds what they did, so they explain
+    any slowdown (``math.inf``).
     """
     factor = 1.0
     speed, then = figures.get("machine_speed"), (reference or {}).get("machine_speed")
+    if speed is None and disturbance({k: v for k, v in figures.items() if k in ("others_cores", "steal_pct")},
+                                     reference) is not None:
+        return math.inf
     if not machine_adjusted and speed and then and speed < then:
         factor *= then / speed
     wait = figures.get("runqueue_wait")

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from pytest_llmperf.core.baseline import hardware_class
 from pytest_llmperf.core.check import CheckOutcome, Measurement, Status, check_measurement
 from pytest_llmperf.core.disturbance import (
     MAX_DISTURBED_SHARE,
@@ -31,6 +32,17 @@ from pytest_llmperf.core.paired import Documents
 from pytest_llmperf.core.tolerance import ToleranceTable
 from pytest_llmperf.core.verdict import MetricComparison, Verdict, speed_power
 from pytest_llmperf.errors import LlmperfError
+
+
+class SpeedHistory(Protocol):
+    """This machine's usual reference-loop speed (``measure/quality.SpeedHistory`` keeps it on disk)."""
+
+    def usual(self, hardware: str | None) -> tuple[float, int] | None:
+        """The usual speed and how many measurements it rests on; None while too few."""
+
+    def remember(self, hardware: str | None, speed: float | None) -> None:
+        """Add one undisturbed measurement's speed."""
+
 
 #: A fresh measurement of one part: every metric (prefixed), its samples, the quality figures of each
 #: repetition (``measure/quality.py``) and why measuring stopped (``PerfResult.stopped``).
@@ -212,7 +224,7 @@ def judge(
     edit: Callable[[dict[str, Any]], None] | None = None,
     strict: bool = False,
     wait_until_quiet: Callable[[Mapping[str, float | None] | None], float] | None = None,
-    usual_speed: tuple[float, int] | None = None,
+    speed_history: SpeedHistory | None = None,
 ) -> CheckOutcome:
     """The verdict of a whole test.
 
@@ -222,9 +234,9 @@ def judge(
     first waits for the machine to quieten (``wait_until_quiet``, bounded); if the measurement that remains is
     still disturbed the test is "not judged: machine busy", never a failure. ``--update-baselines`` judges the
     recording instead: disturbed or widely spread repetitions warn, and in ``strict`` mode nothing is written.
-    ``edit`` may change the fingerprint in place (the ``pytest_llmperf_fingerprint`` hook). ``usual_speed`` is
-    this machine's usual reference-loop speed and how many tests it rests on: a recording made while the machine
-    ran slower than that is doubtful too.
+    ``edit`` may change the fingerprint in place (the ``pytest_llmperf_fingerprint`` hook). ``speed_history`` keeps
+    this machine's usual reference-loop speed: a recording made while the machine ran slower than that is
+    doubtful too, and every measurement that was not disturbed adds to it.
     """
     tables = record.tolerance_tables(tolerances)
 
@@ -235,8 +247,10 @@ def judge(
         return built
 
     outcome = check_measurement(measurement(), baseline_dir, tolerances, update=update, per_metric=tables)
+    hardware = hardware_class(outcome.fingerprint)
     if update:
-        _judge_recording(record, outcome, tables, strict, usual_speed)
+        usual = speed_history.usual(hardware) if speed_history is not None else None
+        _judge_recording(record, outcome, tables, strict, usual)
     reference = outcome.baseline_quality
     for _ in range(confirm if not update else 0):
         if outcome.status not in (Status.REGRESSED, Status.NOT_JUDGED):
@@ -260,6 +274,8 @@ def judge(
         outcome.notes.append(f"first measurement {first}; a second measurement{pause} {verdict}")
     if not update:
         _judge_disturbance(record, outcome, reference)
+    if speed_history is not None and outcome.disturbed is None and outcome.status is not Status.NOT_JUDGED:
+        speed_history.remember(hardware, outcome.quality.get("machine_speed"))
     outcome.measured = record.metrics
     outcome.all_samples = {name: list(s) for part in record.parts for name, s in part.samples.items()}
     outcome.gated = record.gated

@@ -223,6 +223,16 @@ def _history() -> dict[str, list[float]]:
             if isinstance(values, list)}
 
 
+class SpeedHistory:
+    """``core/record.SpeedHistory`` on ``speed_history_path()``."""
+
+    def usual(self, hardware: str | None) -> tuple[float, int] | None:
+        return usual_speed(hardware)
+
+    def remember(self, hardware: str | None, speed: float | None) -> None:
+        remember_speed(hardware, speed)
+
+
 def remember_speed(hardware: str | None, speed: float | None) -> None:
     """Add one test's median machine speed to this machine's history (kept to the last ``SPEED_HISTORY``)."""
     if hardware is None or speed is None:
