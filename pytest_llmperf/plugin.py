@@ -185,17 +185,13 @@ def _judge(item: pytest.Function, record: TestRecord, passed: bool) -> None:
         item.config.hook.pytest_llmperf_fingerprint(config=item.config, nodeid=item.nodeid, fingerprint=fingerprint)
 
     table = tolerance_table(item, session)
-    def quiet(reference: Any) -> float:
-        from pytest_llmperf.measure.quality import wait_until_quiet
-
-        return wait_until_quiet(reference, session.busy_wait_s)
-
     try:
-        from pytest_llmperf.measure.quality import SpeedHistory
+        from pytest_llmperf.measure.quality import SpeedHistory, wait_until_quiet
 
-        confirm = session.confirm if passed else 0
-        outcome = judge(record, session.baseline_dir, table, update=session.update, confirm=confirm, edit=edit,
-                        strict=session.strict, wait_until_quiet=quiet, speed_history=SpeedHistory())
+        outcome = judge(record, session.baseline_dir, table, update=session.update,
+                        confirm=session.confirm if passed else 0, edit=edit, strict=session.strict,
+                        wait_until_quiet=lambda reference: wait_until_quiet(reference, session.busy_wait_s),
+                        speed_history=SpeedHistory())
         write_pending(outcome, test_passed=passed)
     except LlmperfError as error:
         if not passed:

@@ -320,7 +320,8 @@ def _judge_disturbance(record: TestRecord, outcome: CheckOutcome, reference: Map
         if _within_once_given_back(comparisons[name], factor):
             excused.add(name)
         else:
-            unexplained.append(f"{name} (the disturbance explains at most {factor:.2f}x)")
+            adjusted = "beyond the machine's speed, already adjusted for, " if comparisons[name].adjusted else ""
+            unexplained.append(f"{name} ({adjusted}the disturbance explains at most {factor:.2f}x)")
     standing = [c for c in outcome.regressions if c.metric not in excused]
     if outcome.status in (Status.REGRESSED, Status.NOT_JUDGED) and excused and not standing:
         shown = "; ".join(c.describe() for c in outcome.comparisons if c.metric in suspects)

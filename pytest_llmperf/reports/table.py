@@ -25,8 +25,8 @@ def table_rows(outcomes: Sequence[CheckOutcome]) -> list[tuple[str, ...]]:
             delta = comparison.delta_pct
             rewriting = outcome.status in (Status.UPDATED, Status.NOT_WRITTEN)
             verdict = outcome.status.value if rewriting else comparison.verdict.value
-            if outcome.status is Status.NOT_JUDGED and outcome.disturbed and comparison.verdict.value == "regressed":
-                verdict = "not judged (busy)"  # a regression measured on a busy machine is no verdict
+            if outcome.status is Status.NOT_JUDGED and outcome.disturbed and verdict in ("regressed", "not judged"):
+                verdict = "not judged (busy)"  # a regression (or an unsure verdict) measured on a busy machine
             rows.append(
                 (
                     outcome.test,
