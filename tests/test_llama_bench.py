@@ -50,7 +50,9 @@ def test_bench_measures_each_repetition(engine, monkeypatch: pytest.MonkeyPatch)
     assert [args for args, _ in prompts] == [(32,)] * 4 and [args for args, _ in generations] == [(1,), *[(8,)] * 3]
     assert result.pp == tuple(32 / seconds for _, seconds in prompts[1:])
     assert result.tg == tuple(8 / seconds for _, seconds in generations[1:])
-    assert result.pp_tok_s == pytest.approx(sum(result.pp) / 3)
+    assert result.pp_tok_s == pytest.approx(sum(result.pp) / 3)  # llama-bench's mean, for the side-by-side
+    # The gate's figure is the median, like every other speed metric (issue 25: the mean got a point comparison).
+    assert result.metrics() == {"pp_tok_s": statistics.median(result.pp), "tg_tok_s": statistics.median(result.tg)}
     assert result.tg_sd == pytest.approx(statistics.stdev(result.tg))
     assert result.describe() == (f"pp32 {result.pp_tok_s:.2f} +- {result.pp_sd:.2f} t/s, "
                                  f"tg8 {result.tg_tok_s:.2f} +- {result.tg_sd:.2f} t/s")
@@ -144,3 +146,31 @@ def test_bench_and_parallel_are_recorded_gated_on_the_kv_cache_and_tabulated(pyt
     grown.assert_outcomes(failed=1)
     grown.stdout.fnmatch_lines(["*performance regression in test_cap.py::test_capacity*",
                                 "*kv_cache_gib_measured@c2: 3.906e-03 -> 7.812e-03 (+100.0%*tolerance 0)*"])
+
+
+GATED_TG = """
+import pytest
+
+@pytest.mark.perf
+def test_tg(engine_factory, llmperf):
+    engine = engine_factory("llama_cpp", model="q4_k_m", n_ctx=128)
+    llmperf.bench(engine, n_prompt=0, n_gen=8, repetitions=5, gate=["tg_tok_s"])
+"""
+
+
+def test_gated_tg_is_judged_on_its_samples_with_an_interval(pytester: pytest.Pytester) -> None:
+    """pp/tg go through the interval rule like every other speed metric: the baseline holds the median and the
+    samples, and a slowdown is reported with its ratio and interval, not as a point comparison of two means."""
+    pytester.makepyfile(test_tg=GATED_TG)
+    args = ("-m", "perf", "-p", "no:cacheprovider", "--llmperf-confirm", "0")
+    pytester.runpytest(*args, "--update-baselines").assert_outcomes(passed=1)
+    path = pytester.path / "baselines/test_tg/test_tg.json"
+    stored = json.loads(path.read_text())
+    entry = stored["metrics"]["tg_tok_s"]
+    assert len(entry["samples"]) == 5 and entry["value"] == statistics.median(entry["samples"])
+    entry["samples"] = [value * 5 for value in entry["samples"]]  # a baseline 5x faster than this engine
+    entry["value"] = statistics.median(entry["samples"])
+    path.write_text(json.dumps(stored))
+    slower = pytester.runpytest(*args)
+    slower.assert_outcomes(failed=1)
+    slower.stdout.fnmatch_lines(["*tg_tok_s: * -> * (-*%, *ratio 0.* [[]0.*, 0.*], tolerance *)*"])
