@@ -2,10 +2,11 @@
 
 Each test is marked ``gpu(...)``: on a machine without the GPU it is skipped with the reason, and in strict mode
 (``$CI`` or ``--llmperf-strict``) or with ``--llmperf-require-gpu`` it fails, so a GPU runner that lost its GPU
-cannot pass. The GPU check comes first (the marker is checked before the test starts); the vLLM tests then skip
-when vLLM is not importable or ``LLMPERF_VLLM_MODEL`` (a local Hugging Face model directory: nothing is
-downloaded) is not set. Those two skips are not failures in strict mode: a GPU runner that gates only the torch
-engine has no vLLM.
+cannot pass. The GPU check comes first (the marker is checked before the test starts). The vLLM tests take their
+model from the run (``--llmperf-model vllm=DIR`` or a ``vllm = DIR`` line of the ini key ``llmperf_model``: a local
+Hugging Face model directory, nothing is downloaded); without vLLM or without that model they are skipped with the
+reason, and fail in strict mode like a missing GPU: a GPU runner whose vLLM tests cannot run does not pass. A
+runner that gates only the torch engine deselects them (``-k "not vllm"``).
 
 No baseline is committed for these tests: they were written on machines with no GPU, where vLLM cannot even be
 installed. The first run on a GPU records them (``pytest -m perf perf_tests/test_gpu.py --update-baselines``);
@@ -14,13 +15,10 @@ strict mode fails until then. ``benchmarks/gpu_check.py`` records and checks the
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from pytest_llmperf import Workload
 
-VLLM_MODEL = "LLMPERF_VLLM_MODEL"
 # vLLM's scheduler knobs, the ones a tuning study sweeps: up to 64 sequences per step, 8192 tokens per step,
 # long prefills split into chunks that share steps with decodes.
 VLLM_KNOBS = {"max_num_seqs": 64, "max_num_batched_tokens": 8192, "enable_chunked_prefill": True,
@@ -34,22 +32,13 @@ TORCH_DECODE = Workload(n_prompt=16, n_predict=64, requests=32, concurrency=32, 
                         max_repetitions=20, max_seconds=30)
 
 
-def vllm_model() -> str:
-    """The model for the vLLM tests; skips (after the gpu marker's check) without vLLM or a model."""
-    pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'pytest-llmperf[vllm]'; CUDA only)")
-    model = os.environ.get(VLLM_MODEL)
-    if not model:
-        pytest.skip(f"{VLLM_MODEL} is not set: point it at a local Hugging Face model directory")
-    return model
-
-
 @pytest.mark.perf
 @pytest.mark.gpu(count=1, min_vram_gib=24)
 def test_vllm_decode(engine_factory, llmperf):
     """Decode throughput and latency on vLLM with its scheduler knobs, VRAM and energy from NVML
     (``track_gpu=True`` gates ``mem_max_gib`` and ``mem_mean_gib`` besides the default gate). Never run: no
     baseline is recorded (no GPU where it was written)."""
-    engine = engine_factory("vllm", model=vllm_model(), **VLLM_KNOBS)
+    engine = engine_factory("vllm", **VLLM_KNOBS)
     result = llmperf.measure(engine, VLLM_DECODE, track_gpu=True)
     # vLLM reserves gpu_memory_utilization of the device at start-up: device-level memory shows the reservation.
     assert result.mem_max_gib is not None
@@ -61,7 +50,7 @@ def test_vllm_decode(engine_factory, llmperf):
 def test_vllm_accuracy(engine_factory, lm_eval_scorer):
     """Accuracy on vLLM through lm-eval's evaluator, scored with the engine's own ``vllm.LLM``
     (``engines/vllm_lm.py``); every ``<task>.<metric>`` is gated. Never run: no baseline is recorded."""
-    engine = engine_factory("vllm", model=vllm_model(), **VLLM_KNOBS)
+    engine = engine_factory("vllm", **VLLM_KNOBS)
     scores = lm_eval_scorer(engine, ["llmperf_arc", "llmperf_hellaswag"])
     assert set(scores.metrics) >= {"llmperf_arc.acc", "llmperf_hellaswag.acc"}
 

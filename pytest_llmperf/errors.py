@@ -13,3 +13,8 @@ class BaselineError(LlmperfError):
 
 class EngineError(LlmperfError):
     """An engine that cannot be built or failed while measuring."""
+
+
+class EngineUnavailable(EngineError):
+    """What this machine lacks to build an engine (its package, a model): the test that needed it is skipped
+    with the reason, and failed in strict mode (a CI gate that lost its engine cannot pass)."""

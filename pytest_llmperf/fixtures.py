@@ -68,7 +68,7 @@ def _llmperf_engines(pytestconfig: pytest.Config) -> Iterator[EngineCache]:
     from pytest_llmperf.engines.cache import EngineCache
 
     session = pytestconfig.stash[session_key]
-    cache = EngineCache(session.backend, session.model)
+    cache = EngineCache(session.backend, session.models)
     yield cache
     cache.close_all()
 

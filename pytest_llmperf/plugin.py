@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmperf.errors import LlmperfError
+from pytest_llmperf.errors import EngineUnavailable, LlmperfError
 from pytest_llmperf.fixtures import (  # noqa: F401  (fixtures are found as this plugin's attributes)
     PytestLlmperfWarning,
     _llmperf_engines,
@@ -159,19 +159,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
     """Judge the test's record once the test body is done: all regressions in one failure, one baseline write
     (only for a test that passed)."""
+    ended = "failed"
     try:
         result = yield
-    except pytest.skip.Exception:
-        raise
-    except BaseException:
-        record = pyfuncitem.stash.get(record_key, None)
-        if record is not None and record.parts:
-            _judge(pyfuncitem, record, passed=False)
-        raise
-    record = pyfuncitem.stash.get(record_key, None)
-    if record is not None and record.parts:
-        _judge(pyfuncitem, record, passed=True)
-    return result
+        ended = "passed"
+        return result
+    except (pytest.skip.Exception, EngineUnavailable) as error:
+        ended = "skipped"  # what this machine lacks (a package, a model): skipped with the reason; strict fails
+        if isinstance(error, EngineUnavailable) and pyfuncitem.config.stash[session_key].strict:
+            raise pytest.fail.Exception(f"[strict] {pyfuncitem.nodeid}: {error}", pytrace=False) from None
+        raise error if isinstance(error, pytest.skip.Exception) else pytest.skip.Exception(str(error)) from None
+    finally:
+        if ended != "skipped" and (record := pyfuncitem.stash.get(record_key, None)) is not None and record.parts:
+            _judge(pyfuncitem, record, passed=ended == "passed")
 
 
 def _judge(item: pytest.Function, record: TestRecord, passed: bool) -> None:

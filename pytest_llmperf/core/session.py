@@ -6,7 +6,7 @@ Pytest-free: the plugin hands ``build_session`` two look-ups, one for command-li
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,9 @@ OPTIONS: list[tuple[str, str | None, dict[str, Any]]] = [
      {"type": float, "metavar": "S"}),
     ("--llmperf-require-gpu", None, {"action": "store_true", "help": "a gpu(...) test without its GPUs fails"}),
     ("--llmperf-backend", "default engine backend", {"metavar": "NAME"}),
-    ("--llmperf-model", "default model for engines that name none", {"metavar": "MODEL"}),
+    ("--llmperf-model", "model for engines that name none: lines of MODEL (any backend) or BACKEND = MODEL",
+     {"metavar": "[BACKEND=]MODEL", "action": "append", "default": [],
+      "help": "model for engines that name none: MODEL (any backend) or BACKEND=MODEL (that backend); repeatable"}),
 ]
 INI_DEFAULTS = {"llmperf_baseline_dir": "baselines", "llmperf_strict": "", "llmperf_report": "",
                  "llmperf_confirm": "1", "llmperf_busy_wait": "30", "llmperf_backend": "llama_cpp", "llmperf_model": ""}
@@ -60,7 +62,8 @@ class LlmperfSession:
     tolerances: ToleranceTable
     gate: tuple[str, ...]
     backend: str
-    model: str | None
+    #: Models for engines that name none: by backend, ``""`` for any backend (``parse_models``).
+    models: dict[str, str]
     root: Path = Path()
     report: Path | None = None
     prune_stale: bool = False
@@ -103,6 +106,26 @@ def _confirm(option: int | None, ini: str) -> int:
     return option
 
 
+def parse_models(entries: Iterable[str], where: str) -> dict[str, str]:
+    """``["vllm = /models/llama", "q4_k_m"]`` -> ``{"vllm": "/models/llama", "": "q4_k_m"}``: an entry whose part
+    before ``=`` is a name (letters, digits, ``_``) is that backend's model; any other entry the model of every
+    backend without one of its own. The engine cache rejects a backend it does not know."""
+    models: dict[str, str] = {}
+    for entry in (line.strip() for line in entries):
+        if not entry:
+            continue
+        name, sep, model = entry.partition("=")
+        backend = name.strip() if sep and name.strip().isidentifier() else ""
+        model = model.strip() if backend else entry
+        if not model:
+            raise LlmperfError(f"{where}: {entry!r} names no model (expected MODEL or BACKEND=MODEL)")
+        if backend in models:
+            whose = f"backend {backend!r}" if backend else "every backend"
+            raise LlmperfError(f"{where}: two models for {whose}: {models[backend]!r} and {model!r}")
+        models[backend] = model
+    return models
+
+
 def build_session(
     option: Callable[[str], Any], ini: Callable[[str], Any], rootpath: Path, invocation_dir: Path,
     environ: Mapping[str, str] | None = None,
@@ -128,7 +151,8 @@ def build_session(
         tolerances=tolerances,
         gate=gate,
         backend=option("llmperf_backend") or ini("llmperf_backend"),
-        model=option("llmperf_model") or ini("llmperf_model") or None,
+        models=parse_models(option("llmperf_model") or str(ini("llmperf_model")).splitlines(),
+                            "--llmperf-model" if option("llmperf_model") else "ini llmperf_model"),
         root=rootpath,
         report=Path(invocation_dir, report) if report else None,
         prune_stale=bool(option("llmperf_prune_stale")),

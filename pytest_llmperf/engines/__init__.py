@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from pytest_llmperf.core.workload import Request, RequestRecord
-from pytest_llmperf.errors import EngineError
+from pytest_llmperf.errors import EngineError, EngineUnavailable
 
 #: backend name -> "module:class", imported lazily.
 BACKENDS: dict[str, str] = {
@@ -60,7 +60,7 @@ def backend_module(backend: str) -> tuple[Any, str]:
     try:
         return importlib.import_module(module_name), class_name
     except ImportError as error:
-        raise EngineError(
+        raise EngineUnavailable(
             f"backend {backend!r} needs a package that is not installed ({error.name}); "
             f"install it, e.g. `pip install 'pytest-llmperf[{_EXTRAS.get(backend, backend)}]'`"
         ) from None

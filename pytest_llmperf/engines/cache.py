@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from pytest_llmperf.engines import IN_PROCESS_BACKENDS, Engine, create_engine, warm_up
+from pytest_llmperf.engines import BACKENDS, IN_PROCESS_BACKENDS, Engine, create_engine, warm_up
+from pytest_llmperf.errors import EngineError
 
 
 def _config_key(backend: str, config: dict[str, Any]) -> str:
@@ -28,9 +29,14 @@ class EngineCache:
     itself), so memory numbers would depend on which tests ran before.
     """
 
-    def __init__(self, default_backend: str = "llama_cpp", default_model: str | None = None) -> None:
+    def __init__(self, default_backend: str = "llama_cpp", models: Mapping[str, str] | None = None) -> None:
+        unknown = sorted(set(models or {}) - set(BACKENDS) - {""})
+        if unknown:
+            raise EngineError(f"--llmperf-model names unknown backend {', '.join(map(repr, unknown))}; "
+                              f"available backends: {', '.join(sorted(BACKENDS))}")
         self.default_backend = default_backend
-        self.default_model = default_model
+        #: The run's models (``--llmperf-model``): by backend, ``""`` for every backend without its own.
+        self.models = dict(models or {})
         self._engines: dict[str, Engine] = {}
         self._rss_base: dict[int, int] = {}
         #: What ``get`` relaunched since the caller last looked (the fixture warns with it).
@@ -39,14 +45,16 @@ class EngineCache:
     def get(self, backend: str | None = None, keep: Collection[int] = (), **config: Any) -> Engine:
         """The engine of ``backend`` (default: the run's backend) with ``config``; built on first use.
 
-        Without a ``model`` key the run's model (``--llmperf-model``) is used, else the backend's default
+        Without a ``model`` key the run's model for the backend (``--llmperf-model BACKEND=MODEL``, else a plain
+        ``--llmperf-model MODEL``) is used, else the backend's default
         (for ``llama_cpp``, the embedded tiny model). Building an in-process engine closes the other in-process
         engines (their memory would count in the new one's host memory), except those whose ``id`` is in
         ``keep``: the ones the same test still uses (an A/B needs both).
         """
         backend = backend or self.default_backend
-        if "model" not in config and self.default_model is not None:
-            config["model"] = self.default_model
+        model = self.models.get(backend, self.models.get(""))
+        if "model" not in config and model is not None:
+            config["model"] = model
         key = _config_key(backend, config)
         cached = self._engines.get(key)
         ended = getattr(cached, "ended", None)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.core.workload import Request, RequestRecord
-from pytest_llmperf.errors import EngineError
+from pytest_llmperf.errors import EngineError, EngineUnavailable
 
 #: Sampling fields the runner owns: every request generates exactly n_predict tokens.
 _RUNNER_OWNED = {"max_tokens", "min_tokens", "ignore_eos", "n", "detokenize"}
@@ -51,10 +51,16 @@ class VllmEngine:
             import vllm
             from vllm.engine.arg_utils import EngineArgs
         except ImportError as error:
-            raise EngineError(
-                f"backend 'vllm' needs vLLM ({error}); it is CUDA-only: `pip install 'pytest-llmperf[vllm]'`"
+            raise EngineUnavailable(
+                f"backend 'vllm' needs vLLM ({error}): `pip install 'pytest-llmperf[vllm]'` on a CUDA machine "
+                "(docs/engines.md)"
             ) from None
-        if model is None or model in ("f16", "q8_0", "q4_k_m"):
+        if model is None:
+            raise EngineUnavailable(
+                "backend 'vllm' needs a model (a local Hugging Face model directory; nothing is downloaded): "
+                "give it with `--llmperf-model vllm=DIR` or the ini key llmperf_model (a line `vllm = DIR`)"
+            )
+        if model in ("f16", "q8_0", "q4_k_m"):
             raise EngineError(
                 "backend 'vllm' needs model=<Hugging Face model directory or name>; the embedded tiny GGUF model "
                 "is for llama_cpp"

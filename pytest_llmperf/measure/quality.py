@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +180,7 @@ def _reference_speed(fresh: bool) -> float:
     return speed
 
 
-def wait_until_quiet(reference: dict[str, float | None] | None, limit_s: float, window_s: float = 1.0) -> float:
+def wait_until_quiet(reference: Mapping[str, float | None] | None, limit_s: float, window_s: float = 1.0) -> float:
     """Wait (at most ``limit_s``) until the other processes of the machine use no more CPU than when the baseline
     was recorded (``reference``); the seconds waited."""
     started = time.perf_counter()
