@@ -9,7 +9,7 @@ import pytest
 
 from pytest_llmperf.core.workload import Workload
 from pytest_llmperf.engines import create_engine
-from pytest_llmperf.errors import EngineError
+from pytest_llmperf.errors import EngineError, EngineUnavailable
 from pytest_llmperf.measure.runner import run_workload
 from tests import fake_vllm
 
@@ -40,6 +40,11 @@ def test_unknown_knob_is_named_with_a_suggestion(vllm: object) -> None:
 
 def test_embedded_gguf_is_not_a_vllm_model(vllm: object) -> None:
     with pytest.raises(EngineError, match="needs model=<Hugging Face model directory or name>"):
+        create_engine("vllm", {"model": "q4_k_m"})
+
+
+def test_vllm_without_a_model_is_unavailable_and_says_how_to_give_one(vllm: object) -> None:
+    with pytest.raises(EngineUnavailable, match=r"backend 'vllm' needs a model .*--llmperf-model vllm=DIR"):
         create_engine("vllm", {"model": None})
 
 
