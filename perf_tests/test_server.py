@@ -13,7 +13,7 @@ import pytest
 from pytest_llmperf import Workload
 
 SERVER = {"launch": "llama_cpp_server", "model": "q4_k_m", "server_args": ["--n_threads", "1", "--n_ctx", "1024"]}
-LOAD = Workload(n_prompt=64, n_predict=32, requests=8, warmup=1, repetitions=5, max_repetitions=30, max_seconds=60)
+LOAD = Workload(n_prompt=64, n_predict=32, requests=8, warmup=1, repetitions=5, max_repetitions=20, max_seconds=15)
 GATE = ("completion_tok_s", "total_tok_s", "e2e_p99", "ttft_p99", "tpot_p50", "rss_peak_gib")
 
 

@@ -103,10 +103,21 @@ def default_gate(engine: Engine, gate: Sequence[str]) -> tuple[str, ...]:
 
 
 def cpu_bound(engine: Engine) -> bool:
-    """Whether ``engine`` computes on this machine's CPU (in-process llama.cpp without GPU layers): its
-    samples are then compared at the same machine speed (``core/verdict.same_machine``)."""
+    """Whether ``engine`` computes on this machine's CPU: in-process llama.cpp without GPU layers, or a server
+    this session launched on a machine with no GPU. Its samples are then compared at the same machine speed
+    (``core/verdict.same_machine``): the host's own drift (2.5x here) is not read as the engine's."""
     described = engine.describe()
-    return described.get("backend") == "llama_cpp" and not described.get("engine_config", {}).get("n_gpu_layers")
+    if described.get("backend") == "llama_cpp":
+        return not described.get("engine_config", {}).get("n_gpu_layers")
+    pids_of = getattr(engine, "host_memory_pids", None)
+    return pids_of is not None and pids_of() is not None and not _has_gpu()
+
+
+def _has_gpu() -> bool:
+    """A GPU this process could use: NVML answers, or NVIDIA's device node is there."""
+    from pytest_llmperf.core.hardware import load_nvml
+
+    return load_nvml()[0] is not None or Path("/dev/nvidiactl").exists()
 
 
 def measure(
