@@ -4,6 +4,8 @@ largest concurrency a launched llama_cpp.server serves within a p99 SLO."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_llmperf import Workload
@@ -22,7 +24,10 @@ def test_pp_tg(engine_factory, llmperf, variant):
     result = llmperf.bench(engine, n_prompt=128, n_gen=64, repetitions=5)
     roofline = llmperf.roofline(engine, result.tg_tok_s, context_tokens=32)
     assert result.pp_tok_s > result.tg_tok_s  # prompt tokens go in batches
-    assert 0 < roofline.percent < 200
+    # The bound reads every weight once per token: the weights are most of the GGUF file, never more than it.
+    size = Path(engine.model_path).stat().st_size
+    assert 0.5 * size <= roofline.weight_bytes <= size, (roofline.weight_bytes, size)
+    assert roofline.percent == pytest.approx(100 * result.tg_tok_s / roofline.bound_tok_s)
 
 
 @pytest.mark.perf
@@ -42,7 +47,8 @@ def test_parallel_sequences(engine_factory, llmperf):
 @pytest.mark.perf
 def test_server_capacity(engine_factory, llmperf):
     """The largest concurrency the launched llama_cpp.server (one sequence at a time, so requests queue) serves
-    with TTFT p99 <= 0.25 s and e2e p99 <= 0.5 s; cached until --update-baselines."""
+    with TTFT p99 <= 0.25 s and e2e p99 <= 0.5 s: searched when recording, verified in a check run (the stored
+    level must still meet the SLO and the next one up still miss it)."""
     engine = engine_factory("openai", **SERVER)
     result = llmperf.capacity(engine, Workload(n_prompt=64, n_predict=16, requests=4, warmup=1),
                               slo={"ttft_p99": 0.25, "e2e_p99": 0.5}, limit=32)

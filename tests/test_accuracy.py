@@ -78,7 +78,10 @@ def test_scores_equal_lm_eval_gguf_model_against_llama_cpp_server(engine: LlamaC
 def test_generation_task_is_scored_by_exact_match(engine: LlamaCppEngine) -> None:
     scores = evaluate(engine.lm_eval_model(), ["llmperf_gsm"], limit=4)
     assert list(scores.metrics) == ["llmperf_gsm.exact_match,flexible-extract"]
-    assert 0.0 <= scores["llmperf_gsm.exact_match,flexible-extract"] <= 1.0
+    # The score is the mean of the four questions' 0/1 scores, each question scored once.
+    per_question = scores.per_document["llmperf_gsm.exact_match,flexible-extract"].scores
+    assert len(per_question) == 4 and set(per_question) <= {0.0, 1.0}
+    assert scores["llmperf_gsm.exact_match,flexible-extract"] == pytest.approx(sum(per_question) / 4)
     assert scores.stderr["llmperf_gsm.exact_match,flexible-extract"] is not None
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import os
 import stat
 from collections.abc import Iterator
@@ -186,10 +186,26 @@ json_values = st.recursive(
     )
 )
 def test_loader_fuzz_only_raises_baseline_errors(data: object) -> None:
-    with contextlib.suppress(BaselineError):
+    """Any JSON either loads into what it says or is refused with a BaselineError (never another exception):
+    what loads keeps each metric's value exactly, a finite number, under the test name the file gives."""
+    try:
         loaded = parse_baseline(data, Path("fuzz.json"))
-        for hardware in loaded.hardware_classes:
-            loaded.for_hardware(hardware)
+    except BaselineError as error:
+        assert "fuzz.json" in str(error)
+        return
+    assert isinstance(data, dict)
+    for position, hardware in enumerate(loaded.hardware_classes):
+        try:
+            entry = loaded.for_hardware(hardware)
+        except BaselineError as error:  # an unreadable entry of another class is named when asked for
+            assert "fuzz.json" in str(error)
+            continue
+        assert entry is not None and entry.test == data["test"]
+        source = data["metrics"] if position == 0 else None
+        for name, record in entry.metrics.items():
+            assert isinstance(record.value, float | int) and math.isfinite(record.value), (name, record.value)
+            if source is not None:
+                assert record.value == source[name]["value"]
 
 
 @pytest.fixture

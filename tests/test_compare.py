@@ -76,18 +76,49 @@ def test_three_reports_and_fail_on_regression(tmp_path: Path, capsys: pytest.Cap
     assert f"{TEST} task.acc: run0 0.8 -> run1 0.7 (-12.500 %)" in err
 
 
-def test_plot_writes_the_four_before_after_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plot_writes_the_four_before_after_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib")
     before = write_report(tmp_path / "before.json", {**BEFORE, "mem_max_gib": 70.0, "mem_mean_gib": 60.0}, "1",
                           GATED, {"task.acc": 0.02})
     after = write_report(tmp_path / "after.json", {**AFTER, "mem_max_gib": 66.2, "mem_mean_gib": 57.0}, "2",
                          GATED, {"task.acc": 0.02})
+    from matplotlib.colors import to_hex
+
+    from pytest_llmperf.reports import figures
+
+    drawn: dict[str, Any] = {}
+    real_save = figures.save
+
+    def save(fig: Any, path: Path) -> Path:
+        drawn[path.stem] = fig.axes[0]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(figures, "save", save)
     assert main(["compare", "--plot", str(tmp_path / "figures"), str(before), str(after)]) == 0
     out = capsys.readouterr().out
     for kind in ("throughput", "memory", "accuracy", "change"):
         png = tmp_path / "figures" / f"{kind}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", kind
-        assert f"figure: {png}" in out
+        assert png.stat().st_size > 0 and f"figure: {png}" in out, kind
+    # What each figure draws: the runs' values in its bars, cells and labels, not just a file.
+    assert [t.get_text() for t in drawn["throughput"].get_yticklabels()] == ["completion_tok_s"]
+    assert [bar.get_width() for bar in drawn["throughput"].patches] == pytest.approx([100.0, 95.04])
+    assert [t.get_text() for t in drawn["throughput"].get_legend().get_texts()] == ["before", "after"]
+    memory = drawn["memory"]
+    assert [t.get_text() for t in memory.get_yticklabels()] == ["mem_max_gib", "mem_mean_gib", "rss_peak_gib"]
+    assert memory.get_xlabel() == "memory (GiB)"
+    assert [bar.get_width() for bar in memory.patches] == pytest.approx([70.0, 60.0, 0.5, 66.2, 57.0, 0.5])
+    cells = drawn["accuracy"].images[0].get_array()
+    assert cells.tolist() == [[0.8, 0.7]]
+    assert [t.get_text() for t in drawn["accuracy"].texts] == ["0.800\n±0.020", "0.700\n±0.020"]
+    change = drawn["change"]
+    rows = [t.get_text() for t in change.get_yticklabels()]
+    assert rows == ["completion_tok_s", "tpot_p50"]  # the gated metrics
+    bars = dict(zip(rows, change.patches, strict=True))
+    assert bars["completion_tok_s"].get_width() == pytest.approx(-4.96)
+    assert bars["tpot_p50"].get_width() == pytest.approx(25.0)
+    assert to_hex(bars["tpot_p50"].get_facecolor()) == to_hex("tab:red")  # worse beyond its 15%
+    assert to_hex(bars["completion_tok_s"].get_facecolor()) == to_hex("tab:gray")  # within its 10%
 
 
 def test_a_bad_report_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -187,7 +187,9 @@ def test_chat_endpoint_scores_generation_and_refuses_loglikelihood_naming_the_en
     try:
         lm = engine.lm_eval_model()
         scores = evaluate(lm, ["llmperf_addition"], limit=5, apply_chat_template=True)
-        assert 0.0 <= scores["llmperf_addition.exact_match"] <= 1.0 and scores.documents["llmperf_addition"] == 5
+        per_question = scores.per_document["llmperf_addition.exact_match"].scores
+        assert scores.documents["llmperf_addition"] == 5 and len(per_question) == 5
+        assert scores["llmperf_addition.exact_match"] == pytest.approx(sum(per_question) / 5)
         with pytest.raises(LlmperfError, match="endpoint='completions'"):
             evaluate(engine.lm_eval_model(), ["llmperf_addition_mc"], limit=2, apply_chat_template=True)
     finally:
