@@ -13,8 +13,8 @@ from pytest_llmperf import Workload
 
 # Short repetitions, measured until sure (at least 5, at most 40 or 60 s): the verdict needs the interval of
 # current/baseline to clear the tolerance, not one lucky or unlucky median.
-DECODE = Workload(n_prompt=128, n_predict=64, requests=2, warmup=1, repetitions=5, max_repetitions=20, max_seconds=15)
-PREFILL = Workload(n_prompt=512, n_predict=4, requests=2, warmup=1, repetitions=5, max_repetitions=20, max_seconds=15)
+DECODE = Workload(n_prompt=128, n_predict=64, requests=2, warmup=1, repetitions=5, max_repetitions=20, max_seconds=10)
+PREFILL = Workload(n_prompt=512, n_predict=4, requests=2, warmup=1, repetitions=5, max_repetitions=20, max_seconds=10)
 
 # Throughput within 10%, latency within 15% (issue 14): tight enough to see a 10-15% regression.
 pytestmark = pytest.mark.perf_tolerance({"*_tok_s": "10%", "e2e_*": "15%", "ttft_*": "15%", "tpot_*": "15%"})

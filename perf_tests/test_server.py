@@ -13,7 +13,7 @@ import pytest
 from pytest_llmperf import Workload
 
 SERVER = {"launch": "llama_cpp_server", "model": "q4_k_m", "server_args": ["--n_threads", "1", "--n_ctx", "1024"]}
-LOAD = Workload(n_prompt=64, n_predict=32, requests=8, warmup=1, repetitions=5, max_repetitions=20, max_seconds=15)
+LOAD = Workload(n_prompt=64, n_predict=32, requests=8, warmup=1, repetitions=5, max_repetitions=20, max_seconds=10)
 GATE = ("completion_tok_s", "total_tok_s", "e2e_p99", "ttft_p99", "tpot_p50", "rss_peak_gib")
 
 
@@ -53,7 +53,7 @@ def test_server_accuracy(engine_factory, lm_eval_scorer):
     """Accuracy through the server with lm-eval's own local-completions model type (log-likelihoods from echoed
     prompt logprobs, generation from /v1/completions), gated question by question like in-process accuracy."""
     engine = engine_factory("openai", **ACCURACY_SERVER)
-    scores = lm_eval_scorer(engine, ["llmperf_addition", "llmperf_addition_mc"], limit=400)
+    scores = lm_eval_scorer(engine, ["llmperf_addition", "llmperf_addition_mc"], limit=200)
     assert scores.fingerprint["accuracy"]["lm_eval_model"]["model_type"] == "local-completions"
     assert scores["llmperf_addition_mc.acc"] > 0.6
 

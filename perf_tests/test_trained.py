@@ -16,7 +16,7 @@ from pytest_llmperf.assets.addition import answer, heldout_pairs, prompt
 
 CHECKPOINT = "partial"
 ENGINE = {"n_threads": 1, "n_threads_batch": 1, "n_ctx": 256}  # 1.45 M parameters: one thread is plenty
-SPEED = Workload(n_prompt=8, n_predict=32, requests=8, warmup=1, repetitions=5, max_repetitions=30, max_seconds=10)
+SPEED = Workload(n_prompt=8, n_predict=32, requests=8, warmup=1, repetitions=5, max_repetitions=30, max_seconds=6)
 # Teacher-forced over the answers of 200 held-out sums (the question positions were never trained).
 FIDELITY_PROMPTS = [(prompt(a, b), answer(a, b)) for a, b in heldout_pairs()[::10]]
 TASKS = ["llmperf_addition", "llmperf_addition_mc"]
