@@ -32,12 +32,13 @@ def test_server_load(engine_factory, llmperf, concurrency):
 
 
 @pytest.mark.perf
-@pytest.mark.perf_tolerance({"*_tok_s": "10%", "efficiency": "15%", "speedup": "15%"})
+@pytest.mark.perf_tolerance({"*_tok_s": "10%"})
 def test_server_scaling(engine_factory, llmperf):
-    """Throughput at concurrency 1, 2, 4 with speedup and efficiency (the end-of-session scaling table)."""
+    """Throughput at concurrency 1, 2, 4 gated per level on its samples; speedup and efficiency (ratios of
+    throughputs, one point per run: at 15% they failed a quiet run here on noise) in the scaling table."""
     engine = engine_factory("openai", **SERVER)
-    workload = Workload(n_prompt=64, n_predict=32, requests=8, warmup=1, repetitions=2)
-    scaling = llmperf.scaling(engine, workload, concurrencies=(1, 2, 4))
+    workload = Workload(n_prompt=64, n_predict=32, requests=8, warmup=1, repetitions=3)
+    scaling = llmperf.scaling(engine, workload, concurrencies=(1, 2, 4), gate=("completion_tok_s",))
     # One sequence at a time: concurrency overlaps only HTTP and tokenising with decoding (measured here:
     # 1.0-1.6x at 4), far from the near-4x of a batching server; and it must not lose throughput either.
     assert 0.6 < scaling.speedup(4) < 2.5
