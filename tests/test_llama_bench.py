@@ -93,6 +93,8 @@ def test_parallel_table_has_kv_cache_per_level_predicted_and_as_llama_cpp_alloca
         assert row["speedup"] == pytest.approx(row["total_tok_s"] / result.rows[0]["total_tok_s"])
         assert row["efficiency"] == pytest.approx(row["speedup"] / level)
     assert result.rows[0]["speedup"] == 1.0
+    # The machine's state over each timed run (one per level here): a drifting host is seen, not read as the engine.
+    assert len(result.quality) == 3 and all("machine_speed" in figures for figures in result.quality)
     metrics = result.metrics(["total_tok_s", "efficiency"])
     assert set(metrics) == {"total_tok_s@c1", "total_tok_s@c2", "total_tok_s@c4", "efficiency@c2", "efficiency@c4"}
     assert metrics["efficiency@c4"] == result.rows[2]["efficiency"]

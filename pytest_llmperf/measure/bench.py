@@ -145,11 +145,17 @@ def parallel(engine: Any, test: str, n_prompt: int = 128, n_gen: int = 64,
     threads = int(config.get("n_threads") or 1)
     metrics: dict[int, dict[str, float | None]] = {}
     samples: dict[int, dict[str, list[float]]] = {}
+    quality: list[dict[str, float | None]] = []
     for level in levels:
         n_ctx = level * (n_prompt + n_gen)
         with engine.bench_context(n_ctx, level) as context:
             context.batched(min(n_prompt, 16), 1, level)  # warm-up
-            runs = [context.batched(n_prompt, n_gen, level) for _ in range(repetitions)]
+            runs = []
+            for _ in range(repetitions):
+                # The machine's state over each run: a busy or drifting host is named, not read as the engine's.
+                with QualitySampler(threads=threads) as sampler:
+                    runs.append(context.batched(n_prompt, n_gen, level))
+                quality.append(sampler.figures)
             report = context.kv_report
         prompt = [level * n_prompt / t_pp for t_pp, _ in runs]
         generation = [level * n_gen / t_tg for _, t_tg in runs]
@@ -167,4 +173,6 @@ def parallel(engine: Any, test: str, n_prompt: int = 128, n_gen: int = 64,
                          kv_bytes_per_token=kv_read)
         metrics[level]["tg_roofline_pct"] = bound.percent
         samples[level] = {"prompt_tok_s": prompt, "completion_tok_s": generation, "total_tok_s": total}
-    return ScalingResult.from_levels(test, metrics, samples, throughput="total_tok_s", columns=PARALLEL_COLUMNS)
+    result = ScalingResult.from_levels(test, metrics, samples, throughput="total_tok_s", columns=PARALLEL_COLUMNS)
+    result.quality = quality
+    return result

@@ -436,14 +436,15 @@ def parallel(
         with measurement_lock():
             latest.append(bench_module.parallel(engine, test, n_prompt, n_gen, n_parallel, repetitions))
         names = list(dict.fromkeys((*every, *gate)))
-        return prefixed(name, latest[-1].metrics(names)), prefixed(name, latest[-1].samples(names)), [], "fixed"
+        quality = list(latest[-1].quality)
+        return prefixed(name, latest[-1].metrics(names)), prefixed(name, latest[-1].samples(names)), quality, "fixed"
 
-    metrics, samples, _, _ = run()
+    metrics, samples, quality, _ = run()
     part = Part(
         "parallel", dict(metrics), tuple(prefixed(name, latest[0].metrics(list(gate)))), dict(samples),
         fingerprint=fingerprint(engine.describe()),
         workload={"n_prompt": n_prompt, "n_gen": n_gen, "n_parallel": list(n_parallel), "repetitions": repetitions},
-        tolerances=tolerances, name=name, remeasure=run,
+        tolerances=tolerances, name=name, remeasure=run, quality=quality,
     )
     return latest, part
 

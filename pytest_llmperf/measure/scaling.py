@@ -39,6 +39,9 @@ class ScalingResult:
     columns: tuple[str, ...] = COLUMNS
     level_metrics: dict[int, dict[str, float | None]] = field(default_factory=dict)
     level_samples: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    #: The machine's state over each run, every level in order (``measure/quality.py``), where it was sampled
+    #: outside the runner (``measure/bench.parallel``); the runner's results carry their own.
+    quality: list[dict[str, float | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.level_metrics and self.results:
