@@ -511,7 +511,11 @@ def capacity(
             metrics = dict(probe(level))
             failures = capacity_module.slo_failures(limits, metrics)
             return capacity_module.Trial(level, not failures, "; ".join(failures) or "meets the SLO", metrics)
-    with measurement_lock():
+    from pytest_llmperf.measure.quality import QualitySampler
+
+    pids_of = getattr(engine, "host_memory_pids", None)
+    # The machine's state over the trials: a busy machine's smaller capacity is named, not read as the server's.
+    with measurement_lock(), QualitySampler(pids=pids_of() if pids_of is not None else None) as sampler:
         if stored is None:
             result = capacity_module.search(probing, knob=knob, start=start, limit=limit, margin=margin)
         else:
@@ -528,5 +532,6 @@ def capacity(
         warnings=[f"capacity: {result.describe()}"], tolerances=tolerances, name=name,
         # The level that passed, beside max_concurrency (margin x it): what the next check run verifies.
         reference={"capacity": {"knob": knob, "found": result.found, "margin": margin}},
+        quality=[sampler.figures],
     )
     return result, part
