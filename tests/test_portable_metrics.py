@@ -112,3 +112,21 @@ def test_a_rewrite_that_drops_a_metric_says_so(tmp_path: Path) -> None:
     outcome = check_measurement(measured(without, "cpu:Here:2"), tmp_path, TABLE, update=True)
     assert outcome.pending is not None and "kl_mean" not in outcome.pending.metrics
     assert any("kl_mean is in the baseline entry for 'cpu:Here:2' but not measured" in a for a in outcome.alerts)
+
+
+def test_the_entry_recorded_with_this_workload_is_preferred(tmp_path: Path) -> None:
+    """Two other classes: one recorded on 400 questions (an older workload), one on this run's 200. The portable
+    metric is judged against the one with this workload, not whichever comes first in the file."""
+    entry = {"test": TEST, "metrics": {"arc.acc": {"value": 0.6}}}
+    path = tmp_path / "perf_tests/test_x/test_x.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "schema": 1, "test": TEST, "fingerprint": fingerprint("cpu:Old:2"), "workload": {"limit": 400},
+        "metrics": {"arc.acc": {"value": 0.7}},
+        "other_hardware": {"cpu:New:2": {**entry, "fingerprint": fingerprint("cpu:New:2"), "workload": {"limit": 200}}},
+    }))
+    now = Measurement(TEST, {"arc.acc": 0.6}, {}, fingerprint("cpu:Elsewhere:2"), {"limit": 200})
+    outcome = check_measurement(now, tmp_path, TABLE, update=False)
+    (judged,) = outcome.comparisons
+    assert judged.verdict is Verdict.OK and judged.baseline == 0.6
+    assert judged.note == "judged against the entry recorded on 'cpu:New:2': portable metric"

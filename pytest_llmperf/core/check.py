@@ -125,14 +125,18 @@ def accept_command(test: str) -> str:
     return f"pytest -m perf --update-baselines {shlex.quote(test)}"
 
 
-def portable_entry(stored: BaselineFile, fingerprint: Mapping[str, Any]) -> Baseline | None:
+def portable_entry(stored: BaselineFile, fingerprint: Mapping[str, Any],
+                   workload: Mapping[str, Any] | None = None) -> Baseline | None:
     """The entry of another hardware class that this machine's portable metrics are judged against: one recorded
-    with the same backend, preferring the one whose library versions and model match this run's (every other
-    difference is listed as a change beside the verdicts); None when no entry has the same backend."""
+    with the same backend, preferring the one recorded with this run's workload (an accuracy entry of another
+    class recorded on 400 questions says nothing of a run on 200), then the one whose library versions and model
+    match this run's (every other difference is listed as a change beside the verdicts); None when no entry has
+    the same backend."""
     same_backend = [entry for entry in stored.entries if entry.fingerprint.get("backend") == fingerprint.get("backend")]
 
-    def matches(entry: Baseline) -> tuple[bool, bool]:
-        return (entry.fingerprint.get("versions") == fingerprint.get("versions"),
+    def matches(entry: Baseline) -> tuple[bool, bool, bool]:
+        return (workload is not None and entry.workload == workload,
+                entry.fingerprint.get("versions") == fingerprint.get("versions"),
                 entry.fingerprint.get("model") == fingerprint.get("model"))
 
     return max(same_backend, key=matches, default=None)
@@ -198,7 +202,8 @@ def check_measurement(
             raise
         baseline = None
     # No entry of this hardware class: the portable metrics are judged against another class's entry.
-    portable = portable_entry(stored, measurement.fingerprint) if stored is not None and baseline is None else None
+    portable = (portable_entry(stored, measurement.fingerprint, measurement.workload)
+                if stored is not None and baseline is None else None)
     against = baseline or portable
     changes = fingerprints.diff(against.fingerprint, measurement.fingerprint) if against else []
     if against is not None:
