@@ -1,6 +1,10 @@
 """pytest-llmperf: LLM inference performance as tests that can fail.
 
 The public names are importable from here; heavy engine libraries are imported only when an engine is built.
+
+PYTEST_DONT_REWRITE: the plugin's own asserts stay plain Python (they are not tests). Without this marker an
+in-process pytester run (the project's tests) finds the package already imported and pytest >= 9.2 warns
+that it cannot rewrite it, a warning in every such run.
 """
 
 from __future__ import annotations
