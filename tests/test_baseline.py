@@ -183,6 +183,18 @@ json_values = st.recursive(
                 ),
             }
         ),
+        # Files that load: known metrics with finite non-negative values (what must come back unchanged).
+        st.fixed_dictionaries(
+            {
+                "schema": st.just(1),
+                "test": st.just("t"),
+                "metrics": st.dictionaries(
+                    st.sampled_from(["e2e_p99", "completion_tok_s", "a.acc"]),
+                    st.fixed_dictionaries({"value": st.floats(min_value=0, max_value=1e6)}),
+                    min_size=1,
+                ),
+            }
+        ),
     )
 )
 def test_loader_fuzz_only_raises_baseline_errors(data: object) -> None:
