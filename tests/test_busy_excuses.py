@@ -125,3 +125,49 @@ def test_a_pass_under_contention_stands_with_its_reason() -> None:
                        REFERENCE)
     assert outcome.status is Status.PASSED
     assert any("within tolerance even so" in alert for alert in outcome.alerts)
+
+
+def tail_regressed(name: str, ratio: Interval) -> MetricComparison:
+    tolerance = parse_tolerance("15%", metric_spec(name), "test")
+    return MetricComparison(name, 0.2, 0.2 * ratio.estimate, tolerance, Verdict.REGRESSED, interval=ratio,
+                            adjusted=True)
+
+
+def tail_record(name: str, quality: dict[str, float | None]) -> TestRecord:
+    record = TestRecord("test_x")
+    record.parts.append(Part("measure", {name: 1.0}, (name,), quality=[quality] * 6))
+    return record
+
+
+BUSY = {"machine_speed": 7.6, "runqueue_wait": 0.85, "others_cores": 1.0}
+
+
+def test_contention_explains_a_tail_latency_change_of_any_size() -> None:
+    # Two busy loops beside a launched server: its threads waited 85% of the time, which bounds the mean slowdown
+    # (~6.7x) but not TTFT p99 (8x measured here): a request queued behind a time slice.
+    outcome = outcome_with(tail_regressed("ttft_p99", Interval(8.12, 5.52, 10.6)))
+    _judge_disturbance(tail_record("ttft_p99", BUSY), outcome, {**REFERENCE, "runqueue_wait": 0.14})
+    assert outcome.status is Status.NOT_JUDGED and "machine busy" in outcome.message
+
+
+def test_a_median_latency_change_beyond_the_wait_stays_a_regression() -> None:
+    outcome = outcome_with(tail_regressed("tpot_p50", Interval(8.12, 5.52, 10.6)))
+    _judge_disturbance(tail_record("tpot_p50", {**BUSY, "runqueue_wait": 0.5}), outcome, REFERENCE)
+    assert outcome.status is Status.REGRESSED
+
+
+def test_without_contention_a_tail_change_is_a_regression() -> None:
+    # The machine only ran at another speed (no wait, no neighbour): nothing queued the slow requests.
+    outcome = outcome_with(tail_regressed("e2e_p99", Interval(3.5, 3.0, 4.0)))
+    _judge_disturbance(tail_record("e2e_p99", {"machine_speed": 5.0, "runqueue_wait": 0.0, "others_cores": 0.0}),
+                       outcome, REFERENCE)
+    assert outcome.status is Status.REGRESSED
+
+
+@pytest.mark.parametrize(("name", "tail"), [("ttft_p99", True), ("e2e_p90", True), ("decode.itl_p95", True),
+                                            ("e2e_p99@c4", True), ("tpot_p50", False), ("ttft_mean", False),
+                                            ("completion_tok_s", False)])
+def test_which_metrics_are_tail_percentiles(name: str, tail: bool) -> None:
+    from pytest_llmperf.core.disturbance import tail_metric
+
+    assert tail_metric(name) is tail

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 
@@ -100,6 +101,28 @@ def explained_slowdown(figures: Figures, reference: Figures | None = None, *, ma
         extra = min(max(wait - ((reference or {}).get("runqueue_wait") or 0.0), 0.0), MAX_EXPLAINED_WAIT)
         factor /= 1 - extra
     return factor
+
+
+def contended(figures: Figures, reference: Figures | None = None) -> bool:
+    """Whether other work competed for the cores: the engine's threads waited, another process used cores, or
+    the hypervisor stole CPU, beyond the thresholds (the machine's speed alone is not contention)."""
+    reference = reference or {}
+    wait, others, steal = figures.get("runqueue_wait"), figures.get("others_cores"), figures.get("steal_pct")
+    return ((wait is not None and wait - (reference.get("runqueue_wait") or 0.0) >= MAX_RUNQUEUE_WAIT)
+            or (others is not None and others - (reference.get("others_cores") or 0.0) >= MAX_EXTRA_OTHERS_CORES)
+            or (steal is not None and steal >= MAX_STEAL_PCT))
+
+
+#: p90 and beyond rest on the few slowest requests. The share of time the engine waited for a core bounds the
+#: mean slowdown, not theirs: a request queued behind a neighbour's time slice is many times slower (TTFT p99
+#: 8x with the threads waiting 85% of the time, two busy loops beside a launched server here, where the wait
+#: explains 3.4x). Under contention a tail-latency change is explained whatever its size; never without it.
+_TAIL = re.compile(r"_(p9[0-9]|max)$")
+
+
+def tail_metric(name: str) -> bool:
+    """``e2e_p99``, ``ttft_p90``, ``decode.itl_p95``...: a percentile in the tail of its distribution."""
+    return bool(_TAIL.search(name.split("@", 1)[0]))
 
 
 def disturbed_share(per_repetition: Sequence[Figures], reference: Figures | None = None) -> float:

@@ -12,6 +12,7 @@ which prefixes its metrics (``decode.completion_tok_s``, ``prefill.ttft_p50``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,9 +24,11 @@ from pytest_llmperf.core.disturbance import (
     MAX_DISTURBED_SHARE,
     MAX_MACHINE_DRIFT,
     busy_reason,
+    contended,
     disturbed_share,
     explained_slowdown,
     summary,
+    tail_metric,
 )
 from pytest_llmperf.core.metrics import metric_spec
 from pytest_llmperf.core.paired import Documents
@@ -316,7 +319,9 @@ def _judge_disturbance(record: TestRecord, outcome: CheckOutcome, reference: Map
         if not speed_power(name):
             continue
         part = by_metric[name]
-        factor = explained_slowdown(summary(part.quality), reference, machine_adjusted=comparisons[name].adjusted)
+        figures = summary(part.quality)
+        factor = (math.inf if tail_metric(name) and contended(figures, reference) else
+                  explained_slowdown(figures, reference, machine_adjusted=comparisons[name].adjusted))
         if _within_once_given_back(comparisons[name], factor):
             excused.add(name)
         else:
