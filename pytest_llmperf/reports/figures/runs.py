@@ -58,5 +58,6 @@ def change_chart(rows: Sequence[str], runs: Sequence[str], changes: Mapping[str,
     from matplotlib.patches import Patch
 
     handles = [Patch(color=colour, label=mark) for mark, colour in MARK_COLOURS.items() if mark != "same"]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    # Outside the axes: inside, it covered the label of the last bar (a +25% change read as nothing).
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
