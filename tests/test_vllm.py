@@ -38,9 +38,11 @@ def test_unknown_knob_is_named_with_a_suggestion(vllm: object) -> None:
         create_engine("vllm", {"model": "m", "max_num_seq": 8})
 
 
-def test_embedded_gguf_is_not_a_vllm_model(vllm: object) -> None:
-    with pytest.raises(EngineError, match="needs model=<Hugging Face model directory or name>"):
-        create_engine("vllm", {"model": "q4_k_m"})
+@pytest.mark.parametrize("model", ["q4_k_m", "addition-full-f16", "/models/tiny.gguf"])
+def test_a_gguf_model_is_not_a_vllm_model(vllm: object, model: str) -> None:
+    with pytest.raises(EngineError, match="a GGUF model for llama_cpp; vLLM needs a Hugging Face model directory, "
+                                          "or one of the shipped models addition-full, addition-partial"):
+        create_engine("vllm", {"model": model})
 
 
 def test_vllm_without_a_model_is_unavailable_and_says_how_to_give_one(vllm: object) -> None:
@@ -113,3 +115,22 @@ def test_real_vllm_decodes_a_workload() -> None:
         assert result.ttft_p50 is not None
     finally:
         engine.close()
+
+
+def test_the_root_cause_is_the_workers_error_not_the_wrappers_after_it() -> None:
+    """What vLLM 0.32's CPU build printed when gpu_memory_utilization asked for more host memory than was free
+    (trimmed): the worker's ValueError, then the EngineCore's and the caller's wrappers."""
+    from pytest_llmperf.engines.vllm import root_cause
+
+    log = (
+        "(VllmWorker-0 pid=2150) ERROR 12-06 23:15:20 [multiproc_executor.py:953]     raise ValueError(\n"
+        "(VllmWorker-0 pid=2150) ERROR 12-06 23:15:20 [multiproc_executor.py:953] ValueError: Available memory on "
+        "node 0 (21.93/23.54 GiB) on startup is less than desired CPU memory utilization (0.999, 23.52 GiB).\n"
+        "(EngineCore pid=2136) ERROR 12-06 23:15:22 [core.py:1510] Exception: WorkerProc initialization failed due "
+        "to an exception in a background process. See stack trace for root cause.\n"
+        "Exception: WorkerProc initialization failed due to an exception in a background process. See stack trace "
+        "for root cause.\n"
+    )
+    assert root_cause(log) == ("ValueError: Available memory on node 0 (21.93/23.54 GiB) on startup is less than "
+                               "desired CPU memory utilization (0.999, 23.52 GiB).")
+    assert root_cause("INFO all fine\n") is None

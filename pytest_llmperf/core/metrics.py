@@ -48,7 +48,11 @@ PORTABLE_METRICS = frozenset({
     "kl_mean", "kl_max", "top1_agree", "ref_logprob_mean",  # logit fidelity: the same logits on any CPU
     "kv_cache_gib_predicted", "kv_cache_gib_measured",  # KV-cache bytes: from the model's shape and n_ctx
     *ENGINE_MEMORY_METRICS,  # the engine's own buffers: from the model, n_ctx and n_batch
+    "kv_max_concurrency",  # vLLM's own count of max_model_len requests its KV cache holds
 })
+#: The KV cache as the engine sizes it (vLLM's ``Maximum concurrency for L tokens per request: X`` log line):
+#: name -> (unit, direction).
+_KV_METRICS: dict[str, tuple[Unit, Direction]] = {"kv_max_concurrency": ("x", "higher")}
 #: Capacity (``measure/bench.py``, ``measure/roofline.py``): name -> (unit, direction).
 _CAPACITY_METRICS: dict[str, tuple[Unit, Direction]] = {
     "pp_tok_s": ("tok/s", "higher"),
@@ -136,6 +140,9 @@ def metric_spec(name: str) -> MetricSpec:
     if name in _CAPACITY_METRICS:
         unit, direction = _CAPACITY_METRICS[name]
         return MetricSpec(name, direction, unit)
+    if name in _KV_METRICS:
+        unit, direction = _KV_METRICS[name]
+        return MetricSpec(name, direction, unit, portable=True)
     if "." in name:
         metric = name.rsplit(".", 1)[1].split(",", 1)[0]
         return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score", portable=True)
@@ -168,7 +175,7 @@ def all_metric_names() -> list[str]:
     memory = ["rss_peak_gib", "mem_max_gib", "mem_mean_gib", "mem_process_gib", "kv_cache_gib_predicted",
               "kv_cache_gib_measured", *ENGINE_MEMORY_METRICS]
     return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_GPU_METRICS, *_FIDELITY_METRICS,
-            *_CAPACITY_METRICS]
+            *_CAPACITY_METRICS, *_KV_METRICS]
 
 
 def latency_stats(family: str, samples: Sequence[float]) -> dict[str, float | None]:

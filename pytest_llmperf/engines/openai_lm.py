@@ -22,6 +22,7 @@ parsing. The fingerprint records the model type and where the tokenizer came fro
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Sequence
 from typing import Any
@@ -41,15 +42,20 @@ MODEL_ARGS = ("tokenizer", "num_concurrent", "max_retries", "max_length", "max_g
 class ServerTokenizer:
     """The server's own tokenizer over its tokenize/detokenize routes, shaped like lm-eval's ``RemoteTokenizer``.
 
-    ``encode`` returns the ids the server gives a text prompt, without the BOS it adds in front (servers echo
-    prompt log-probabilities after it: llama_cpp.server's echo starts at the first text token), so lm-eval's
-    context length lines up with the echoed tokens; ``decode`` drops a leading BOS for the same reason.
+    ``encode`` returns the ids the server gives a text prompt, without the BOS it adds in front (llama_cpp.server
+    echoes prompt log-probabilities from the first text token on), so lm-eval's context length lines up with the
+    echoed tokens; ``decode`` drops a leading BOS for the same reason. vLLM echoes its BOS too (``"<s>"``, with no
+    log-probability): ``bos_piece``, the BOS's text, lets the parser see that and skip it.
     """
 
     def __init__(self, engine: OpenAIEngine) -> None:
         self._engine = engine
         empty = engine.tokenize("")
         self.bos_token_id: int | None = empty[0] if len(empty) == 1 else None
+        self.bos_piece: str | None = None
+        if self.bos_token_id is not None:
+            with contextlib.suppress(EngineError):
+                self.bos_piece = engine.detokenize([self.bos_token_id]) or None
         self.eos_token_id: int | None = None  # not on these routes; the server stops at EOS by itself
         self.eos_token: str | None = None
         self.bos_token: str | None = None
@@ -144,6 +150,12 @@ class ServerCompletionsLM(_Checked, LocalCompletionsAPI):  # type: ignore[misc]
             for choice, ctxlen, request in zip(choices, ctxlens, tokens, strict=False):
                 shift = 1 if bos is not None and request and request[0] == bos else 0
                 logprobs = choice["logprobs"]
+                # A server that echoes its own BOS first (vLLM: "<s>" with no log-probability) puts every prompt
+                # token one further on.
+                echoed = logprobs.get("tokens") or []
+                bos_piece = getattr(self.tokenizer, "bos_piece", None)
+                if bos_piece and echoed and echoed[0] == bos_piece and logprobs["token_logprobs"][0] is None:
+                    shift -= 1
                 chosen = logprobs["token_logprobs"][ctxlen - shift : len(request) - shift]
                 top = logprobs["top_logprobs"][ctxlen - shift : len(request) - shift]
                 if len(chosen) != len(request) - ctxlen:

@@ -96,7 +96,9 @@ def default_gate(engine: Engine, gate: Sequence[str]) -> tuple[str, ...]:
     if tuple(gate) != DEFAULT_GATE:
         return tuple(gate)
     own_processes = getattr(engine, "host_memory_pids", None) is not None
-    reports_buffers = getattr(engine, "engine_memory", None) is not None
+    engine_memory = getattr(engine, "engine_memory", None)
+    # vLLM reports its KV cache only (no engine_mem_gib): its memory is its processes' RSS.
+    reports_buffers = engine_memory is not None and engine_memory().get("engine_mem_gib") is not None
     dropped = {name for name, keep in (("rss_peak_gib", own_processes), ("engine_mem_gib", reports_buffers))
                if not keep}
     return tuple(name for name in gate if name not in dropped)
