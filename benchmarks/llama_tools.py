@@ -1,11 +1,12 @@
-"""Build llama.cpp's own ``llama-bench`` and ``llama-batched-bench`` from the llama.cpp vendored in the installed
-llama-cpp-python's sdist, with the same portable CMAKE_ARGS as the wheel (docs/development.md), so both sides of a
-side-by-side comparison run the same kernels.
+"""Build llama.cpp's own ``llama-bench``, ``llama-batched-bench`` and ``llama-server`` from the llama.cpp vendored
+in the installed llama-cpp-python's sdist, with the same portable CMAKE_ARGS as the wheel (docs/development.md), so
+both sides of a side-by-side comparison run the same kernels. The ``llama_server`` preset of the openai backend
+finds the built ``llama-server`` here when none is on PATH (``pytest_llmperf.engines.openai.llama_tool``).
 
 The sdist comes from the package registry (``pip download llama-cpp-python==<installed> --no-binary``); the build
-goes to ``<cache dir>/llama-tools/<version>/`` and is reused. Only the two tools are built (~5 minutes on 2 cores).
+goes to ``<cache dir>/llama-tools/<version>/`` and is reused. Only the three tools are built.
 
-    python benchmarks/llama_tools.py          # build (or find) and print the two paths
+    python benchmarks/llama_tools.py          # build (or find) and print the three paths
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from pytest_llmperf.assets.model import cache_dir
 
-TOOLS = ("llama-bench", "llama-batched-bench")
+TOOLS = ("llama-bench", "llama-batched-bench", "llama-server")
 PORTABLE = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON"]
 
 
@@ -57,7 +58,8 @@ def build(version: str | None = None) -> dict[str, Path]:
         build_dir = work / "build"
         subprocess.run(
             ["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF", *PORTABLE],
+             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DBUILD_SHARED_LIBS=OFF",
+             *PORTABLE],
             check=True, stdout=subprocess.DEVNULL,
         )
         subprocess.run(

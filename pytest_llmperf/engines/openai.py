@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 from pytest_llmperf.core.workload import Request, RequestRecord
 from pytest_llmperf.engines.openai_stream import ROUTES, Load, RequestFailed, drive, run_sync
 from pytest_llmperf.engines.server import Redactor, ServerProcess, free_port
-from pytest_llmperf.errors import EngineError
+from pytest_llmperf.errors import EngineError, EngineUnavailable
 
 EOS_MODES = ("min_tokens", "ignore_eos", "both", "none")
 
@@ -98,6 +98,31 @@ _WORD_TEXT = (
     "off play spell air away animal house point page letter mother answer found study still learn should world"
 )
 _WORDS = tuple(_WORD_TEXT.split())
+
+
+def llama_tool(name: str) -> str:
+    """The path of llama.cpp's program ``name`` (``llama-server``): on PATH, else the one
+    ``benchmarks/llama_tools.py`` built from the installed llama-cpp-python's vendored llama.cpp into
+    ``<cache dir>/llama-tools/<llama-cpp-python version>/``."""
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    from importlib.metadata import PackageNotFoundError, version
+
+    from pytest_llmperf.assets.model import cache_dir
+
+    try:
+        built: Path | None = cache_dir() / "llama-tools" / version("llama-cpp-python") / name
+    except PackageNotFoundError:  # no llama-cpp-python: nothing was built for it
+        built = None
+    if built is not None and built.is_file():
+        return str(built)
+    raise EngineUnavailable(
+        f"{name} is not on PATH and was not built for the installed llama-cpp-python: build it from its vendored "
+        "llama.cpp with `python benchmarks/llama_tools.py` (~12 minutes on 2 cores), or put llama.cpp's own on PATH"
+    )
 
 
 class _HttpStatus(EngineError):
@@ -246,6 +271,8 @@ class OpenAIEngine:
             self.base_url = f"http://{host}:{port}"
             values = {"{python}": sys.executable, "{model}": model_argument, "{host}": host, "{port}": str(port)}
             command = [self._fill(arg, values) for arg in template]
+            if launch == "llama_server":
+                command[0] = llama_tool(command[0])
             env = dict(self.server_env)
             if launch == "vllm":  # a local checkpoint: vLLM must never look for a model hub
                 env.setdefault("HF_HUB_OFFLINE", "1")

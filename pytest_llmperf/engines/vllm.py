@@ -70,7 +70,7 @@ def root_cause(log: str) -> str | None:
     wrappers after it."""
     found = [m.group(0) for line in log.splitlines() if (m := _ERROR_LINE.match(_LOG_PREFIX.sub("", line.strip())))]
     causes = [line for line in found if not re.search(r"see (stack trace|root cause)", line, re.IGNORECASE)]
-    return (causes or found or [None])[0]
+    return (causes or found)[0] if found else None
 
 
 def _children() -> set[int]:

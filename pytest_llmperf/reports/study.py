@@ -102,7 +102,7 @@ def safe_name(study: str) -> str:
 
 def draw_study(result: StudyResult, directory: Path) -> list[Path]:
     """Every figure kind the study's metrics allow, as PNG files in ``directory``."""
-    from pytest_llmperf.reports.figures import save
+    from pytest_llmperf.reports.figures import save, versus
     from pytest_llmperf.reports.figures.accuracy import accuracy_heatmap, normalised_curves
     from pytest_llmperf.reports.figures.knob import memory_vs_knob, speed_vs_knob
     from pytest_llmperf.reports.figures.tradeoff import memory_vs_accuracy, pareto_front
@@ -124,7 +124,7 @@ def draw_study(result: StudyResult, directory: Path) -> list[Path]:
     if throughput or latency:
         figures["speed"] = speed_vs_knob(axis, labels, throughput, latency)
     if tasks:
-        figures["accuracy_heatmap"] = accuracy_heatmap(f"Accuracy per task vs {axis}", labels, axis, scores, stderr)
+        figures["accuracy_heatmap"] = accuracy_heatmap(versus("Accuracy per task", axis), labels, axis, scores, stderr)
         figures["accuracy_normalised"] = normalised_curves(axis, labels, scores, stderr)
     chosen = result.choice.chosen.value_label() if result.choice else None
     if tasks and memory:

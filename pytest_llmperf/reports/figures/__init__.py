@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 PLOTS_EXTRA = "pip install 'pytest-llmperf[plots]'"
@@ -54,3 +55,21 @@ def latency_scale(values: Sequence[float | None]) -> tuple[float, str]:
 def scaled(values: Sequence[float | None], factor: float) -> list[float]:
     """Values times ``factor``, NaN where a value is unavailable (matplotlib leaves a gap, never a fake 0)."""
     return [v * factor if v is not None else math.nan for v in values]
+
+
+def knob_ticks(ax: Axes, labels: Sequence[str], axis: str | None) -> None:
+    """The knob values under the x axis, slanted when they would run into each other (several knobs' values,
+    ``"16, 256, False"``), and the knob names as the axis label (None: the figure labels it once)."""
+    ax.set_xticks(range(len(labels)), labels)
+    width_chars = ax.get_window_extent().width / 7.5 if ax.figure is not None else 60.0
+    if sum(len(label) + 2 for label in labels) > width_chars:
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    if axis is not None:
+        ax.set_xlabel(axis)
+
+
+def versus(what: str, axis: str) -> str:
+    """``"Memory vs n_ubatch"``; just ``"Memory"`` when the knob names are long (they are the x label)."""
+    return f"{what} vs {axis}" if len(axis) <= 24 else what

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
-from pytest_llmperf.reports.figures import figure, scaled
+from pytest_llmperf.reports.figures import figure, knob_ticks, scaled, versus
 
 
 def accuracy_heatmap(title: str, columns: Sequence[str], column_label: str,
@@ -24,9 +24,8 @@ def accuracy_heatmap(title: str, columns: Sequence[str], column_label: str,
     matrix = np.array([scaled(scores[task], 1.0) for task in tasks], dtype=float)
     image = ax.imshow(matrix, aspect="auto", cmap="viridis")
     fig.colorbar(image, ax=ax, label="score")
-    ax.set_xticks(range(len(columns)), columns)
+    knob_ticks(ax, columns, column_label)
     ax.set_yticks(range(len(tasks)), tasks)
-    ax.set_xlabel(column_label)
     ax.set_title(title)
     finite = matrix[np.isfinite(matrix)]
     middle = (float(finite.min()) + float(finite.max())) / 2 if finite.size else 0.0
@@ -68,11 +67,10 @@ def normalised_curves(axis: str, labels: Sequence[str], scores: Mapping[str, Seq
             noisy.append(f"{task} (spread {span:.3f} <= stderr {max(e for e in stderr[task] if e is not None):.3f})")
         ax.plot(range(len(labels)), normal, marker="o", linestyle="--" if flat else "-",
                 label=f"{task} [{low:.3f}..{high:.3f}]" + (" (within stderr)" if flat else ""))
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel(axis)
+    knob_ticks(ax, labels, axis)
     ax.set_ylabel("normalised score (0 = task's worst, 1 = best)")
     ax.set_ylim(-0.08, 1.08)
-    ax.set_title(f"Normalised accuracy vs {axis}")
+    ax.set_title(versus("Normalised accuracy", axis))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if noisy:
