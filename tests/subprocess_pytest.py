@@ -10,13 +10,15 @@ from pathlib import Path
 
 
 def start_pytest(directory: Path, test_file: str, **env: str) -> subprocess.Popen[bytes]:
-    """``python -m pytest -q test_file`` in ``directory``, not strict (no $CI), with ``env`` added."""
+    """``python -m pytest -q test_file`` in ``directory``, not strict (no $CI), with ``env`` added; its output goes
+    to ``directory / "pytest.out"`` (for the failure message of a test that waits on it)."""
     environ = {**os.environ, **env}
     environ.pop("CI", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", test_file],
-        cwd=directory, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    with open(directory / "pytest.out", "wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", test_file],
+            cwd=directory, env=environ, stdout=output, stderr=subprocess.STDOUT,
+        )
 
 
 def wait_for_file(path: Path, runner: subprocess.Popen[bytes], timeout_s: float = 120) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -35,7 +37,14 @@ def test_interrupted_run_leaves_no_server_process(tmp_path: Path, signum: signal
         server_pid = int(pid_file.read_text())
         assert psutil.pid_exists(server_pid)
         runner.send_signal(signum)
-        runner.wait(timeout=60)
+        try:
+            runner.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            runner.send_signal(signal.SIGABRT)  # pytest's faulthandler prints every thread's stack
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                runner.wait(timeout=10)
+            output = (tmp_path / "pytest.out").read_text(errors="replace")[-6000:]
+            pytest.fail(f"pytest did not end within 60 s of {signum.name}; its output:\n{output}")
         assert gone(server_pid), f"server {server_pid} outlived pytest after {signum.name}"
     finally:
         if runner.poll() is None:

@@ -135,15 +135,21 @@ def test_closing_the_engine_leaves_no_process() -> None:
     import psutil
 
     def vllm_children() -> list[Any]:
-        return [p for p in psutil.Process().children(recursive=True)
-                if not any("resource_tracker" in part for part in p.cmdline())]
+        found = []
+        for process in psutil.Process().children(recursive=True):
+            try:
+                if any("resource_tracker" in part for part in process.cmdline()):
+                    continue
+            except psutil.ZombieProcess:
+                pass  # an ended process nobody collected is left over too
+            found.append(process)
+        return found
 
     before = vllm_children()
     engine = create_engine("vllm", dict(KNOBS))
     assert len(vllm_children()) > len(before)
     engine.close()
-    _, alive = psutil.wait_procs([p for p in vllm_children() if p not in before], timeout=10)
-    assert not alive, alive
+    assert [p for p in vllm_children() if p not in before] == []  # gone, and collected: not even a zombie
 
 
 SERVER = {

@@ -53,7 +53,7 @@ _LM_EVAL_MODEL_ARGS = {"batch_size", "max_gen_toks"}
 
 #: Shipped models that vLLM loads, by name: the trained addition models as Hugging Face checkpoints.
 SHIPPED_MODELS = ("addition-full", "addition-partial")
-#: The last error line of a Python traceback in vLLM's log (``ValueError: ...``).
+#: The closing line of a Python traceback in vLLM's log (``ValueError: ...``).
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception)\b: .+$")
 #: A vLLM log line's prefix (``(EngineCore pid=123) ERROR 12-06 23:10:11 [core.py:42] ``).
 _LOG_PREFIX = re.compile(r"^(?:\(\S+ pid=\d+\) )?(?:[A-Z]+ \d\d-\d\d [\d:]+ \[[^\]]*\] )?")
@@ -93,6 +93,10 @@ def _children() -> set[int]:
 def _output_to(path: Path) -> Iterator[None]:
     """Point this process's stdout/stderr file descriptors at ``path`` while the block runs: the children vLLM
     starts meanwhile inherit them and keep writing there (their log)."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # what was written before goes where it was meant to go
+        stream.flush()
     with open(path, "ab") as log:
         saved = [os.dup(1), os.dup(2)]
         try:
@@ -100,6 +104,8 @@ def _output_to(path: Path) -> Iterator[None]:
             os.dup2(log.fileno(), 2)
             yield
         finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for fd in saved:
@@ -387,4 +393,23 @@ class VllmEngine:
         from vllm.distributed import cleanup_dist_env_and_memory
 
         cleanup_dist_env_and_memory()
+        self._reap()
         self._log.unlink(missing_ok=True)
+
+    def _reap(self) -> None:
+        """Wait for vLLM's processes to end (shutdown kills EngineCore) and collect their exit status, so none is
+        left, not even as a zombie; kill what is still running after 10 s."""
+        import psutil
+
+        processes = []
+        for pid in self._pids:
+            try:
+                processes.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
+        _, alive = psutil.wait_procs(processes, timeout=10)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=5)
+        self._pids = []
