@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,8 +18,16 @@ def start_pytest(directory: Path, test_file: str, **env: str) -> subprocess.Pope
     with open(directory / "pytest.out", "wb") as output:
         return subprocess.Popen(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", test_file],
-            cwd=directory, env=environ, stdout=output, stderr=subprocess.STDOUT,
+            cwd=directory, env=environ, stdout=output, stderr=subprocess.STDOUT, preexec_fn=_default_signals,
         )
+
+
+def _default_signals() -> None:
+    """SIGINT, SIGQUIT and SIGHUP as a terminal's pytest has them. A suite started in the background by a
+    non-interactive shell (``cmd &``, ``nohup``) ignores them, the child inherits that, and Python then never
+    turns SIGINT into KeyboardInterrupt: the SIGINT test waited out its 60 s."""
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def wait_for_file(path: Path, runner: subprocess.Popen[bytes], timeout_s: float = 120) -> None:

@@ -36,6 +36,8 @@ def test_interrupted_run_leaves_no_server_process(tmp_path: Path, signum: signal
         wait_for_file(pid_file, runner)
         server_pid = int(pid_file.read_text())
         assert psutil.pid_exists(server_pid)
+        status = Path(f"/proc/{runner.pid}/status")
+        masks = [line for line in status.read_text().splitlines() if line.startswith("Sig")] if status.exists() else []
         runner.send_signal(signum)
         try:
             runner.wait(timeout=60)
@@ -44,7 +46,8 @@ def test_interrupted_run_leaves_no_server_process(tmp_path: Path, signum: signal
             with contextlib.suppress(subprocess.TimeoutExpired):
                 runner.wait(timeout=10)
             output = (tmp_path / "pytest.out").read_text(errors="replace")[-6000:]
-            pytest.fail(f"pytest did not end within 60 s of {signum.name}; its output:\n{output}")
+            pytest.fail(f"pytest did not end within 60 s of {signum.name} (its signal masks: {masks}); its output:\n"
+                        f"{output}")
         assert gone(server_pid), f"server {server_pid} outlived pytest after {signum.name}"
     finally:
         if runner.poll() is None:
