@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 # In-process pytester runs restore sys.modules afterwards; extension modules cannot be loaded twice in one
@@ -14,6 +15,14 @@ import psutil  # noqa: F401
 import pytest
 
 from pytest_llmperf.assets.model import cache_dir
+
+if importlib.util.find_spec("vllm") is not None:
+    # vLLM's CPU build (.ci/run installs it) brings torch: imported once here for the same reason, or the README's
+    # vLLM example, run in-process, would drop torch from sys.modules and the next run that imports it crashes
+    # (a segfault of the whole session, seen). import_vllm leaves this process's environment as it was.
+    from pytest_llmperf.engines.vllm import import_vllm
+
+    import_vllm()
 
 # pytester points HOME at a temporary directory; keep every run on the one model cache of this machine
 # so the embedded model is built once, not once per inner run.
