@@ -17,9 +17,9 @@ import pytest
 from pytest_llmperf.assets.model import cache_dir
 
 if importlib.util.find_spec("vllm") is not None:
-    # vLLM's CPU build (.ci/run installs it) brings torch: imported once here for the same reason, or the README's
-    # vLLM example, run in-process, would drop torch from sys.modules and the next run that imports it crashes
-    # (a segfault of the whole session, seen). import_vllm leaves this process's environment as it was.
+    # vLLM's CPU build (.ci/run installs it) brings torch: imported once here for the same reason (an in-process
+    # run that imported it first would take it out of sys.modules again; a later import then crashed the session).
+    # import_vllm leaves this process's environment as it was.
     from pytest_llmperf.engines.vllm import import_vllm
 
     import_vllm()
