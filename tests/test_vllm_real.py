@@ -55,8 +55,7 @@ def test_the_engine_runs_in_vllms_own_processes_and_their_memory_is_the_engines(
 
     pids = engine.host_memory_pids()
     assert pids, "vLLM's EngineCore should run in a child process"
-    names = {psutil.Process(pid).name() for pid in pids}
-    assert names <= {"python", "python3", "python3.11", "VLLM::EngineCore", "VLLM::Worker"} or names, names
+    assert all(psutil.Process(pid).ppid() == os.getpid() for pid in pids)  # vLLM's own children, nobody else's
     result = run_workload(engine, Workload(n_prompt=32, n_predict=16, requests=8, concurrency=8, repetitions=2))
     assert result.metrics["completion_tok_s"] and result.metrics["completion_tok_s"] > 0
     assert result.metrics["ttft_p50"] is not None and result.metrics["ttft_p50"] > 0
