@@ -47,7 +47,7 @@ def test_bench_measures_each_repetition(engine, monkeypatch: pytest.MonkeyPatch)
     # One untimed warm-up (the whole prompt, a 1-token generation) like llama-bench, then tokens / seconds of each
     # timed repetition.
     prompts, generations = timings.of("prompt"), timings.of("generate")
-    assert [args for args, _ in prompts] == [(32,)] * 4 and [args for args, _ in generations] == [(1,), *[(8,)] * 3]
+    assert [args for args, _ in prompts] == [(32,)] * 4 and [args for args, _ in generations] == [(1,), *[(8, 0)] * 3]
     assert result.pp == tuple(32 / seconds for _, seconds in prompts[1:])
     assert result.tg == tuple(8 / seconds for _, seconds in generations[1:])
     assert result.pp_tok_s == pytest.approx(sum(result.pp) / 3)  # llama-bench's mean, for the side-by-side

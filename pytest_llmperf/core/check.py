@@ -166,6 +166,14 @@ class Measurement:
     #: Accuracy metrics: the score of every document (``core/paired.py``), and the paired test's significance.
     documents: Mapping[str, Documents] = field(default_factory=dict)
     significance: Mapping[str, float] = field(default_factory=dict)
+    #: Why a gated metric measured as None is unavailable (valgrind missing, say): the verdict's note.
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+
+def _with_reasons(comparisons: list[MetricComparison], reasons: Mapping[str, str]) -> list[MetricComparison]:
+    """Unavailable metrics with the measuring call's reason as their note."""
+    return [replace(c, note=f"{c.metric} unavailable: {reasons[c.metric]}")
+            if c.verdict is Verdict.UNAVAILABLE and c.metric in reasons and not c.note else c for c in comparisons]
 
 
 def check_measurement(
@@ -210,10 +218,10 @@ def check_measurement(
         changes += [f"workload.{change}" for change in fingerprints.diff(against.workload, measurement.workload)]
     judged_now = {name: value for name, value in measurement.metrics.items()
                   if stored is None or baseline is not None or (portable is not None and metric_spec(name).portable)}
-    comparisons = compare(
+    comparisons = _with_reasons(compare(
         judged_now, against, tolerances, measurement.samples, measurement.stderr, per_metric,
         measurement.speeds, measurement.documents, measurement.significance,
-    )
+    ), measurement.unavailable)
     if against is not None and not update:
         # A gated metric of the baseline that this run did not measure is not a pass.
         comparisons += [

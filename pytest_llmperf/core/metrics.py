@@ -19,7 +19,7 @@ from pytest_llmperf.core.workload import RequestRecord
 from pytest_llmperf.errors import LlmperfError
 
 Direction = Literal["higher", "lower"]
-Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token", "x", "nats", "GB/s"]
+Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token", "x", "nats", "GB/s", "instr/token"]
 
 PERCENTILES = (50, 90, 95, 99)
 LATENCY_FAMILIES = ("e2e", "ttft", "tpot", "itl")
@@ -49,6 +49,9 @@ PORTABLE_METRICS = frozenset({
     "kv_cache_gib_predicted", "kv_cache_gib_measured",  # KV-cache bytes: from the model's shape and n_ctx
     *ENGINE_MEMORY_METRICS,  # the engine's own buffers: from the model, n_ctx and n_batch
     "kv_max_concurrency",  # vLLM's own count of max_model_len requests its KV cache holds
+    # Instructions per token under callgrind: the same build, model and config count the same on any machine
+    # that runs the build (measure/instructions.py; the build's CPU features are in the fingerprint).
+    "pp_instructions_per_token", "tg_instructions_per_token",
 })
 #: The KV cache as the engine sizes it (vLLM's ``Maximum concurrency for L tokens per request: X`` log line):
 #: name -> (unit, direction).
@@ -62,6 +65,11 @@ _CAPACITY_METRICS: dict[str, tuple[Unit, Direction]] = {
     "bandwidth_gb_s": ("GB/s", "higher"),
     "max_concurrency": ("x", "higher"),
     "goodput_req_s": ("req/s", "higher"),
+}
+#: Instructions llama.cpp executes per token, counted under callgrind (``measure/instructions.py``).
+_INSTRUCTION_METRICS: dict[str, tuple[Unit, Direction]] = {
+    "pp_instructions_per_token": ("instr/token", "lower"),
+    "tg_instructions_per_token": ("instr/token", "lower"),
 }
 #: GPU readings from NVML (``gpu.NvmlTracker``): name -> (unit, direction).
 _GPU_METRICS: dict[str, tuple[Unit, Direction]] = {
@@ -143,6 +151,9 @@ def metric_spec(name: str) -> MetricSpec:
     if name in _KV_METRICS:
         unit, direction = _KV_METRICS[name]
         return MetricSpec(name, direction, unit, portable=True)
+    if name in _INSTRUCTION_METRICS:
+        unit, direction = _INSTRUCTION_METRICS[name]
+        return MetricSpec(name, direction, unit, portable=True)
     if "." in name:
         metric = name.rsplit(".", 1)[1].split(",", 1)[0]
         return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score", portable=True)
@@ -175,7 +186,7 @@ def all_metric_names() -> list[str]:
     memory = ["rss_peak_gib", "mem_max_gib", "mem_mean_gib", "mem_process_gib", "kv_cache_gib_predicted",
               "kv_cache_gib_measured", *ENGINE_MEMORY_METRICS]
     return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_GPU_METRICS, *_FIDELITY_METRICS,
-            *_CAPACITY_METRICS, *_KV_METRICS]
+            *_CAPACITY_METRICS, *_KV_METRICS, *_INSTRUCTION_METRICS]
 
 
 def latency_stats(family: str, samples: Sequence[float]) -> dict[str, float | None]:

@@ -88,6 +88,8 @@ class Part:
     #: Accuracy: the score of every document of each metric, and the paired test's significance for them.
     documents: dict[str, Documents] = field(default_factory=dict)
     significance: float | None = None
+    #: Why a metric this part could not measure is unavailable (its value is None): the verdict's note.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def speeds(self) -> dict[str, list[float]]:
         """Each metric's machine speeds, one per sample, where samples and repetitions line up."""
@@ -164,6 +166,7 @@ class TestRecord:
             documents={name: d for part in self.parts for name, d in part.documents.items() if name in gated},
             significance={name: part.significance for part in self.parts if part.significance is not None
                           for name in part.documents if name in gated},
+            unavailable={name: why for part in self.parts for name, why in part.unavailable.items() if name in gated},
         )
 
     def tolerance_tables(self, base: ToleranceTable) -> dict[str, ToleranceTable]:

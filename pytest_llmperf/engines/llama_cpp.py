@@ -144,6 +144,10 @@ def _cache_types(llama_cpp: Any, config: dict[str, Any]) -> dict[str, int]:
     return numbers
 
 
+#: The ctypes types of llama.cpp's parameter structs that ``native_params`` copies (numbers and flags).
+_SCALAR_CTYPES = frozenset({"c_int", "c_uint", "c_int32", "c_uint32", "c_long", "c_ulong", "c_float", "c_bool"})
+
+
 class LlamaCppEngine:
     """A ``llama_cpp.Llama`` measured in-process."""
 
@@ -302,6 +306,18 @@ class LlamaCppEngine:
         from pytest_llmperf.engines.llama_cpp_bench import BenchContext
 
         return BenchContext(self._llm, n_ctx, n_seq_max, **options)
+
+    def native_params(self) -> dict[str, Any]:
+        """The model file and the scalar fields of the ``llama_model_params`` and ``llama_context_params`` this
+        engine's model and context were made with: another process makes the same ones from them
+        (``measure/instructions.py`` counts instructions in a child under valgrind). Pointer fields (devices,
+        tensor splits, KV overrides, callbacks) are left at llama.cpp's defaults."""
+        def scalars(params: Any) -> dict[str, int | float | bool]:
+            return {name: getattr(params, name) for name, kind in params._fields_
+                    if kind.__name__ in _SCALAR_CTYPES}
+
+        return {"model": str(self.model_path), "model_params": scalars(self._llm.model_params),
+                "context_params": scalars(self._llm.context_params)}
 
     def engine_memory(self) -> dict[str, float | None]:
         """The engine's own allocations as llama.cpp logged them when the model loaded and the context was made

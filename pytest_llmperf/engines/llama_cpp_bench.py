@@ -4,7 +4,8 @@ the C API with no sampling and no Python per token beyond one ``llama_decode`` c
 - ``prompt`` / ``generate`` are ``llama-bench``'s ``test_prompt`` / ``test_gen``: a prompt of random token ids
   (BOS first when the vocabulary adds one) decoded in ``n_batch`` chunks, then ``llama_synchronize``; generation is
   ``n_gen`` single-token decodes of random ids, synchronised after each. The cache is cleared before each run,
-  outside the timed region.
+  outside the timed region; ``generate(n_gen, n_depth)`` first fills the cache with ``n_depth`` prompt tokens,
+  outside the timed region too (llama-bench's ``-d``).
 - ``batched`` is ``llama-batched-bench``'s loop for one (pp, tg, pl): ``pl`` sequences of ``pp`` prompt tokens
   (token id 0, one seq id each) in one batch decoded in ``n_batch`` chunks, then ``tg`` steps of one token per
   sequence; the cache is cleared inside the prompt's timed region, as llama-batched-bench does.
@@ -68,6 +69,10 @@ class BenchContext:
         self._random = random.Random(seed)
         self._memory = llama_cpp.llama_get_memory(self._ctx)
 
+    def reseed(self, seed: int) -> None:
+        """Draw the same random token ids again from here on (a repetition that repeats its work exactly)."""
+        self._random = random.Random(seed)
+
     def clear(self) -> None:
         self._lib.llama_memory_clear(self._memory, False)
 
@@ -79,15 +84,21 @@ class BenchContext:
         if status != 0:
             raise EngineError(f"llama_decode returned {status} (n_ctx={self.n_ctx}, n_seq_max={self.n_seq_max})")
 
-    def prompt(self, n_prompt: int) -> float:
-        """Seconds to evaluate a prompt of ``n_prompt`` random tokens in chunks of ``n_batch`` (llama-bench pp)."""
+    def _chunks(self, n_tokens: int, first: bool) -> list[Any]:
+        """``n_tokens`` random token ids in chunks of ``n_batch`` (BOS first when ``first`` and the vocabulary
+        adds one)."""
         chunks = []
         done = 0
-        while done < n_prompt:
-            size = min(n_prompt - done, self.n_batch)
-            first = self._bos if done == 0 and self._bos is not None else self._token()
-            chunks.append((ctypes.c_int32 * size)(first, *(self._token() for _ in range(size - 1))))
+        while done < n_tokens:
+            size = min(n_tokens - done, self.n_batch)
+            head = self._bos if first and done == 0 and self._bos is not None else self._token()
+            chunks.append((ctypes.c_int32 * size)(head, *(self._token() for _ in range(size - 1))))
             done += size
+        return chunks
+
+    def prompt(self, n_prompt: int) -> float:
+        """Seconds to evaluate a prompt of ``n_prompt`` random tokens in chunks of ``n_batch`` (llama-bench pp)."""
+        chunks = self._chunks(n_prompt, first=True)
         self.clear()
         start = time.perf_counter()
         for chunk in chunks:
@@ -95,13 +106,29 @@ class BenchContext:
         self._lib.llama_synchronize(self._ctx)
         return time.perf_counter() - start
 
-    def generate(self, n_gen: int) -> float:
-        """Seconds for ``n_gen`` single-token decodes of random tokens (llama-bench tg)."""
-        tokens = [self._bos if self._bos is not None else self._token()] + [self._token() for _ in range(n_gen - 1)]
+    def prefill(self, n_depth: int) -> None:
+        """Clear the cache, then fill it with ``n_depth`` random prompt tokens (llama-bench's ``-d``): the context
+        a generation test starts from."""
+        chunks = self._chunks(n_depth, first=True)
+        self.clear()
+        for chunk in chunks:
+            self._decode(self._lib.llama_batch_get_one(chunk, len(chunk)))
+        self._lib.llama_synchronize(self._ctx)
+
+    def generate(self, n_gen: int, n_depth: int = 0) -> float:
+        """Seconds for ``n_gen`` single-token decodes of random tokens (llama-bench tg) after a context of
+        ``n_depth`` tokens (filled outside the timed region)."""
+        self.prefill(n_depth)
+        return self.decode_tokens(n_gen, first=n_depth == 0)
+
+    def decode_tokens(self, n_gen: int, first: bool = False) -> float:
+        """Seconds for ``n_gen`` single-token decodes of random tokens, continuing the cache as it is (BOS first
+        when ``first``)."""
+        head = self._bos if first and self._bos is not None else self._token()
+        tokens = [head] + [self._token() for _ in range(n_gen - 1)]
         cells = [(ctypes.c_int32 * 1)(token) for token in tokens]
         get_one, decode, synchronize, ctx = (self._lib.llama_batch_get_one, self._decode, self._lib.llama_synchronize,
                                               self._ctx)
-        self.clear()
         start = time.perf_counter()
         for cell in cells:
             decode(get_one(cell, 1))

@@ -1,7 +1,8 @@
 """pp and tg as llama-bench measures them, and N parallel sequences as llama-batched-bench does, in-process.
 
 - ``pp_tok_s``: a prompt of ``n_prompt`` tokens in ``n_batch`` chunks, per repetition ``n_prompt / seconds``;
-  ``tg_tok_s``: ``n_gen`` single-token decodes without sampling, ``n_gen / seconds``. Like llama-bench, each test
+  ``tg_tok_s``: ``n_gen`` single-token decodes without sampling (after ``n_depth`` context tokens, filled
+  untimed), ``n_gen / seconds``. Like llama-bench, each test
   has its own context (``n_ctx`` = its tokens), one warm-up run (the whole prompt, a 1-token generation), the
   cache cleared before each repetition outside the timed region, and mean +- sd over the repetitions (what
   llama-bench prints); the gate stores the median and the samples, like every other speed metric.
@@ -98,9 +99,10 @@ def _check_counts(**counts: int) -> None:
 
 
 def bench(engine: Any, n_prompt: int = 128, n_gen: int = 64, repetitions: int = 5,
-          n_batch: int | None = None) -> BenchResult:
-    """llama-bench's ``-p n_prompt -n n_gen -r repetitions`` on ``engine``'s model and config."""
-    _check_counts(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions)
+          n_batch: int | None = None, n_depth: int = 0) -> BenchResult:
+    """llama-bench's ``-p n_prompt -n n_gen -r repetitions -d n_depth`` on ``engine``'s model and config (the
+    depth: context tokens in the cache before the generation test, filled outside the timed region)."""
+    _check_counts(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, n_depth=n_depth)
     if repetitions < 1 or n_prompt + n_gen < 1:
         raise LlmperfError("bench needs repetitions >= 1 and n_prompt or n_gen > 0")
     engine = _bench_engine(engine)
@@ -110,7 +112,8 @@ def bench(engine: Any, n_prompt: int = 128, n_gen: int = 64, repetitions: int = 
     threads = engine.engine_config.get("n_threads")
     with contextlib.ExitStack() as stack:
         prompt = stack.enter_context(engine.bench_context(n_prompt, n_batch=n_batch)) if n_prompt else None
-        generation = stack.enter_context(engine.bench_context(n_gen, n_batch=n_batch)) if n_gen else None
+        generation = (stack.enter_context(engine.bench_context(n_depth + n_gen, n_batch=n_batch)) if n_gen
+                      else None)
         if prompt is not None:
             prompt.prompt(n_prompt)
         if generation is not None:
@@ -121,7 +124,7 @@ def bench(engine: Any, n_prompt: int = 128, n_gen: int = 64, repetitions: int = 
                 if prompt is not None:
                     pp.append(n_prompt / prompt.prompt(n_prompt))
                 if generation is not None:
-                    tg.append(n_gen / generation.generate(n_gen))
+                    tg.append(n_gen / generation.generate(n_gen, n_depth))
             quality.append(sampler.figures)
     return BenchResult(n_prompt, n_gen, tuple(pp), tuple(tg), tuple(quality))
 

@@ -27,6 +27,7 @@ from pytest_llmperf.measure.ab import ABResult
 from pytest_llmperf.measure.accuracy import AccuracyResult
 from pytest_llmperf.measure.bench import BenchResult
 from pytest_llmperf.measure.fidelity import FidelityResult
+from pytest_llmperf.measure.instructions import InstructionsResult
 from pytest_llmperf.measure.runner import PerfResult, StopRule, run_workload
 from pytest_llmperf.measure.scaling import ScalingResult
 
@@ -399,7 +400,7 @@ def given(
 
 def bench(
     engine: Engine, *, n_prompt: int, n_gen: int, repetitions: int, n_batch: int | None, gate: Sequence[str],
-    tolerances: Mapping[str, object] | None = None, name: str | None = None,
+    tolerances: Mapping[str, object] | None = None, name: str | None = None, n_depth: int = 0,
 ) -> tuple[list[BenchResult], Part]:
     """llama-bench's pp/tg on ``engine`` (``measure/bench.bench``); ``pp_tok_s``, ``tg_tok_s`` per repetition as
     samples. Returns the results so far (a confirming re-measurement appends) and the part."""
@@ -409,7 +410,7 @@ def bench(
 
     def run() -> Remeasured:
         with measurement_lock():
-            latest.append(bench_module.bench(engine, n_prompt, n_gen, repetitions, n_batch))
+            latest.append(bench_module.bench(engine, n_prompt, n_gen, repetitions, n_batch, n_depth))
         quality = list(latest[-1].quality)
         return prefixed(name, latest[-1].metrics()), prefixed(name, latest[-1].samples()), quality, "fixed"
 
@@ -417,10 +418,36 @@ def bench(
     part = Part(
         "bench", dict(metrics), tuple(prefixed(name, dict.fromkeys(gate))), dict(samples),
         fingerprint=fingerprint(engine.describe()),
-        workload={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions, "n_batch": n_batch},
+        workload={"n_prompt": n_prompt, "n_gen": n_gen, "repetitions": repetitions, "n_batch": n_batch,
+                  **({"n_depth": n_depth} if n_depth else {})},
         tolerances=tolerances, name=name, remeasure=run, quality=quality, cpu_bound=cpu_bound(engine),
     )
     return latest, part
+
+
+def instructions(
+    engine: Engine, *, n_prompt: int, n_gen: int, n_depth: int, repetitions: int, gate: Sequence[str],
+    tolerances: Mapping[str, object] | None = None, name: str | None = None,
+) -> tuple[InstructionsResult, Part]:
+    """Instructions per prompt and generated token under callgrind (``measure/instructions.py``). The count does
+    not move with the machine: no re-measurement, no machine-speed matching. Unavailable metrics carry the reason;
+    what the count depends on beyond the engine (valgrind, the build's CPU features) is in the fingerprint."""
+    from pytest_llmperf.measure.instructions import instructions as count
+
+    with measurement_lock():  # not for the count's sake: a neighbour measuring wall-clock speed would feel it
+        result = count(engine, n_prompt, n_gen, n_depth, repetitions)
+    metrics = prefixed(name, result.metrics())
+    spread = result.spread()
+    part = Part(
+        "instructions", dict(metrics), tuple(prefixed(name, dict.fromkeys(gate))),
+        dict(prefixed(name, result.samples())),
+        fingerprint={**fingerprint(engine.describe()), "counted_with": dict(result.counted_with)},
+        workload={"n_prompt": n_prompt, "n_gen": n_gen, "n_depth": n_depth, "repetitions": repetitions,
+                  "threads": 1},
+        warnings=[f"instructions(): {spread}"] if spread else [], tolerances=tolerances, name=name,
+        unavailable=dict.fromkeys(metrics, result.unavailable) if result.unavailable else {},
+    )
+    return result, part
 
 
 def parallel(

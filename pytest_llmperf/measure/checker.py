@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pytest_llmperf.measure.bench import BenchResult
     from pytest_llmperf.measure.capacity import CapacityResult
     from pytest_llmperf.measure.fidelity import FidelityResult
+    from pytest_llmperf.measure.instructions import InstructionsResult
     from pytest_llmperf.measure.roofline import Roofline
     from pytest_llmperf.measure.runner import PerfResult
     from pytest_llmperf.measure.scaling import ScalingResult
@@ -113,15 +114,28 @@ class PerfCheck:
 
     def bench(
         self, engine: Engine, n_prompt: int = 128, n_gen: int = 64, *, repetitions: int = 5,
-        n_batch: int | None = None, gate: Sequence[str] = ("pp_tok_s", "tg_tok_s"),
+        n_batch: int | None = None, n_depth: int = 0, gate: Sequence[str] = ("pp_tok_s", "tg_tok_s"),
         tolerances: Mapping[str, object] | None = None, name: str | None = None,
     ) -> BenchResult:
-        """pp and tg as llama-bench measures them (``-p n_prompt -n n_gen -r repetitions``) on an in-process
-        llama.cpp engine: ``pp_tok_s``, ``tg_tok_s``, mean of the repetitions (docs/capacity.md)."""
+        """pp and tg as llama-bench measures them (``-p n_prompt -n n_gen -r repetitions -d n_depth``) on an
+        in-process llama.cpp engine: ``pp_tok_s``, ``tg_tok_s``, mean of the repetitions (docs/capacity.md)."""
         results, part = calls.bench(engine, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
-                                    n_batch=n_batch, gate=gate, tolerances=tolerances, name=name)
+                                    n_batch=n_batch, gate=gate, tolerances=tolerances, name=name, n_depth=n_depth)
         self._add(part)
         return results[-1]
+
+    def instructions(
+        self, engine: Engine, n_prompt: int = 32, n_gen: int = 16, *, n_depth: int = 0, repetitions: int = 1,
+        gate: Sequence[str] = ("pp_instructions_per_token", "tg_instructions_per_token"),
+        tolerances: Mapping[str, object] | None = None, name: str | None = None,
+    ) -> InstructionsResult:
+        """Instructions per prompt token and per generated token of llama.cpp's work on an in-process llama.cpp
+        engine, counted under valgrind's callgrind (one thread): a speed gate that holds on a noisy machine
+        (docs/noise.md). Unavailable with the reason where valgrind is missing or cannot run the build."""
+        result, part = calls.instructions(engine, n_prompt=n_prompt, n_gen=n_gen, n_depth=n_depth,
+                                          repetitions=repetitions, gate=gate, tolerances=tolerances, name=name)
+        self._add(part)
+        return result
 
     def parallel(
         self, engine: Engine, n_prompt: int = 128, n_gen: int = 64, n_parallel: Sequence[int] = (1, 2, 4, 8), *,
