@@ -7,8 +7,14 @@ vendored llama.cpp of the installed llama-cpp-python (``llama_tools.py``). The t
 times so drift of the host hits both; medians over rounds are printed with the ratio plugin / llama.cpp (goal
 0.97-1.03 for pp/tg, within 5% for parallel).
 
+Instructions (``--instructions``): ``llama-bench -p P -n 0`` and ``-p 0 -n N`` (one thread, ``--poll 0``, one
+repetition) under callgrind counting only inside ``ggml_backend_sched_graph_compute_async`` with one dump per
+call, against ``measure.instructions.instructions`` on the same model; the last computations (after llama-bench's
+warm-up) over the tokens, with the ratio plugin / llama-bench. Counts do not drift: one round.
+
     python benchmarks/llama_bench.py                   # pp/tg, F16 and Q4_K_M
     python benchmarks/llama_bench.py --parallel 1,2,4,8
+    python benchmarks/llama_bench.py --instructions --n-prompt 32 --n-gen 16 --variants q4_k_m,q8_0
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ import argparse
 import json
 import statistics
 import subprocess
+import tempfile
+from pathlib import Path
 
 from llama_tools import build
 
 from pytest_llmperf.engines import create_engine
 from pytest_llmperf.measure.bench import bench, parallel
+from pytest_llmperf.measure.instructions import COUNTED_FUNCTION, instructions, read_counts
 
 
 def llama_bench(tool: str, model: str, args: argparse.Namespace) -> tuple[float, float]:
@@ -34,6 +43,22 @@ def llama_bench(tool: str, model: str, args: argparse.Namespace) -> tuple[float,
     pp = next(row["avg_ts"] for row in rows if row["n_prompt"] and not row["n_gen"])
     tg = next(row["avg_ts"] for row in rows if row["n_gen"] and not row["n_prompt"])
     return pp, tg
+
+
+def llama_bench_instructions(tool: str, model: str, n_prompt: int, n_gen: int, ubatch: int) -> float:
+    """Instructions per token of llama-bench's one test (``-p n_prompt -n 0`` or ``-p 0 -n n_gen``) under
+    callgrind: the computations of the timed run (the last ones; the warm-up's come first) over its tokens."""
+    with tempfile.TemporaryDirectory(prefix="llama-bench-callgrind-") as work:
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={COUNTED_FUNCTION}",
+             f"--dump-after={COUNTED_FUNCTION}", "--dump-instr=no", "--dump-line=no",
+             f"--callgrind-out-file={Path(work) / 'callgrind.out'}", tool, "-m", model, "-p", str(n_prompt),
+             "-n", str(n_gen), "-t", "1", "-r", "1", "-fa", "0", "--poll", "0"],
+            check=True, capture_output=True, text=True,
+        )
+        counts = read_counts(Path(work))
+    computations = -(-n_prompt // ubatch) if n_prompt else n_gen
+    return sum(counts[-computations:]) / (n_prompt or n_gen)
 
 
 def batched_bench(tool: str, model: str, level: int, args: argparse.Namespace) -> dict[str, float]:
@@ -55,12 +80,22 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parallel", default="", help="comma-separated N: compare with llama-batched-bench")
+    parser.add_argument("--instructions", action="store_true", help="instructions per token under callgrind")
     args = parser.parse_args()
     tools = build()
     for variant in args.variants.split(","):
         engine = create_engine("llama_cpp", {"model": variant, "n_threads": args.threads})
         model = str(engine.model_path)
-        if not args.parallel:
+        if args.instructions:
+            counted = instructions(engine, args.n_prompt, args.n_gen)
+            ubatch = int(engine.native_params()["context_params"]["n_ubatch"])
+            for test, size, mine in (("pp", args.n_prompt, counted.pp_instructions_per_token),
+                                     ("tg", args.n_gen, counted.tg_instructions_per_token)):
+                llama = llama_bench_instructions(str(tools["llama-bench"]), model, size if test == "pp" else 0,
+                                                 size if test == "tg" else 0, ubatch)
+                print(f"{variant:7s} {test}{size:<4d} llama-bench {llama:14,.1f} instr/token  plugin {mine or 0:14,.1f}"
+                      f"  ratio {(mine or 0) / llama:.6f}")
+        elif not args.parallel:
             ours: dict[str, list[float]] = {"pp": [], "tg": []}
             theirs: dict[str, list[float]] = {"pp": [], "tg": []}
             for _ in range(args.rounds):

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from pytest_llmperf.measure.scaling import ScalingResult
 
 
+def _ran(gate: Sequence[str] | None, *tests: tuple[str, int]) -> Sequence[str]:
+    """``gate`` as given, else the metric of each test that runs (a token count above 0)."""
+    return gate if gate is not None else tuple(metric for metric, tokens in tests if tokens)
+
+
 class PerfCheck:
     """The ``llmperf`` fixture: measuring calls that add to this test's record, judged when the test ends.
 
@@ -114,11 +119,13 @@ class PerfCheck:
 
     def bench(
         self, engine: Engine, n_prompt: int = 128, n_gen: int = 64, *, repetitions: int = 5,
-        n_batch: int | None = None, n_depth: int = 0, gate: Sequence[str] = ("pp_tok_s", "tg_tok_s"),
+        n_batch: int | None = None, n_depth: int = 0, gate: Sequence[str] | None = None,
         tolerances: Mapping[str, object] | None = None, name: str | None = None,
     ) -> BenchResult:
         """pp and tg as llama-bench measures them (``-p n_prompt -n n_gen -r repetitions -d n_depth``) on an
-        in-process llama.cpp engine: ``pp_tok_s``, ``tg_tok_s``, mean of the repetitions (docs/capacity.md)."""
+        in-process llama.cpp engine: ``pp_tok_s``, ``tg_tok_s``, mean of the repetitions (docs/capacity.md). The
+        default gate is the tests that run (``n_prompt=0``: no pp)."""
+        gate = _ran(gate, ("pp_tok_s", n_prompt), ("tg_tok_s", n_gen))
         results, part = calls.bench(engine, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                                     n_batch=n_batch, gate=gate, tolerances=tolerances, name=name, n_depth=n_depth)
         self._add(part)
@@ -126,12 +133,13 @@ class PerfCheck:
 
     def instructions(
         self, engine: Engine, n_prompt: int = 32, n_gen: int = 16, *, n_depth: int = 0, repetitions: int = 1,
-        gate: Sequence[str] = ("pp_instructions_per_token", "tg_instructions_per_token"),
-        tolerances: Mapping[str, object] | None = None, name: str | None = None,
+        gate: Sequence[str] | None = None, tolerances: Mapping[str, object] | None = None, name: str | None = None,
     ) -> InstructionsResult:
         """Instructions per prompt token and per generated token of llama.cpp's work on an in-process llama.cpp
         engine, counted under valgrind's callgrind (one thread): a speed gate that holds on a noisy machine
-        (docs/noise.md). Unavailable with the reason where valgrind is missing or cannot run the build."""
+        (docs/noise.md). Unavailable with the reason where valgrind is missing or cannot run the build. The default
+        gate is the tests that run (``n_prompt=0``: no pp)."""
+        gate = _ran(gate, ("pp_instructions_per_token", n_prompt), ("tg_instructions_per_token", n_gen))
         result, part = calls.instructions(engine, n_prompt=n_prompt, n_gen=n_gen, n_depth=n_depth,
                                           repetitions=repetitions, gate=gate, tolerances=tolerances, name=name)
         self._add(part)
