@@ -49,8 +49,11 @@ def test_dumps_are_read_in_call_order_and_attributed_to_their_phases(tmp_path: P
 class _Engine:
     backend = "llama_cpp"
 
+    def __init__(self, n_gpu_layers: int = 0) -> None:
+        self.n_gpu_layers = n_gpu_layers
+
     def native_params(self) -> dict[str, object]:
-        return {"model": "unused.gguf", "model_params": {}, "context_params": {}}
+        return {"model": "unused.gguf", "model_params": {"n_gpu_layers": self.n_gpu_layers}, "context_params": {}}
 
 
 def test_without_valgrind_the_counts_are_unavailable_with_the_reason(monkeypatch: pytest.MonkeyPatch,
@@ -83,6 +86,13 @@ def test_a_build_valgrind_cannot_run_is_unavailable_and_another_failure_is_an_er
     _fake_valgrind(tmp_path, "==1== something else went wrong", 3)
     with pytest.raises(EngineError, match=r"(?s)failed \(exit 3\):.*something else went wrong"):
         instructions(_Engine())
+
+
+def test_an_engine_that_offloads_to_a_gpu_is_not_counted() -> None:
+    result = instructions(_Engine(n_gpu_layers=99))
+    assert result.metrics()["pp_instructions_per_token"] is None
+    assert result.unavailable == ("the engine offloads 99 layers to a GPU (n_gpu_layers=99); instructions are "
+                                  "counted for llama.cpp's CPU work only")
 
 
 def test_bad_arguments_and_engines_without_a_native_model_are_refused() -> None:
