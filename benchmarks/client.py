@@ -15,8 +15,8 @@ tokens (words) and 32 streamed output tokens each. Per client it prints
   included, so use thousands of requests), and that per request;
 - for pytest-llmperf also the CPU of the measured phase alone (``time.process_time`` around ``run``).
 
-    python benchmarks/client.py --requests 5000 --aiperf /work/aiperf-venv/bin/aiperf \\
-        --tokenizer-python /work/aiperf-venv/bin/python
+    python benchmarks/client.py --requests 5000 --aiperf ~/aiperf-venv/bin/aiperf \\
+        --tokenizer-python ~/aiperf-venv/bin/python
 
 The server shares the machine's cores with the client; it costs about 0.1 ms of CPU per request (measured), so
 on 2 cores it is not the bottleneck for any client here.

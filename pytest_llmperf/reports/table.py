@@ -14,7 +14,7 @@ HEADER = ("test", "metric", "baseline", "current", "delta %", "tolerance", "verd
 
 def relative_to_root(text: str, root: Path | None) -> str:
     """``text`` with the paths under ``root`` (the rootdir) made relative to it: a report holds no machine's
-    paths (``/home/me/proj/baselines/x.json`` -> ``baselines/x.json``)."""
+    paths (``<rootdir>/baselines/x.json`` -> ``baselines/x.json``)."""
     return text if root is None else text.replace(f"{root}{os.sep}", "")
 
 
