@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from pytest_llmperf.core.kv_cache import GIB
+from pytest_llmperf.core.metrics import GIB
 from pytest_llmperf.engines import create_engine
 from pytest_llmperf.engines.llama_cpp_bench import BenchContext
 from pytest_llmperf.errors import LlmperfError

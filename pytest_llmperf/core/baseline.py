@@ -138,13 +138,6 @@ class BaselineFile:
     def hardware_classes(self) -> list[str | None]:
         return [entry.hardware_class for entry in self.entries] + list(self.unreadable)
 
-    def with_entry(self, new: Baseline) -> BaselineFile:
-        """A copy where ``new`` replaces the entry of its hardware class (in place), or is added last."""
-        entries = [new if entry.hardware_class == new.hardware_class else entry for entry in self.entries]
-        if new.hardware_class not in self.hardware_classes:
-            entries.append(new)
-        return BaselineFile(new.test, entries)
-
     def to_json(self) -> dict[str, Any]:
         first, *others = self.entries
         data = first.to_json()

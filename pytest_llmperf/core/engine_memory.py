@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-GIB = 1024**3
+from pytest_llmperf.core.metrics import GIB
 
 _BUFFER_LINE = re.compile(
     r"^\s*(?P<source>\w+):\s+(?P<device>\S+)\s+(?P<kind>model|KV|compute|output) buffer size\s*=\s*"

@@ -14,9 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pytest_llmperf.core.metrics import GIB
 from pytest_llmperf.errors import LlmperfError
-
-_GIB = 1024**3
 
 
 def load_nvml() -> tuple[ModuleType | None, str]:
@@ -83,7 +82,7 @@ def gpu_hardware(nvml: Any, devices: list[GpuDevice]) -> dict[str, Any]:
     """The GPU part of a fingerprint: names, count, memory, driver and CUDA version; class from them."""
     cuda = int(nvml.nvmlSystemGetCudaDriverVersion())
     names = sorted({device.name for device in devices})
-    memory_gib = sorted({round(device.memory_total_bytes / _GIB) for device in devices})
+    memory_gib = sorted({round(device.memory_total_bytes / GIB) for device in devices})
     return {
         "class": f"gpu:{'+'.join(names)}x{len(devices)}:{'+'.join(str(m) for m in memory_gib)}GiB",
         "gpus": [device.name for device in devices],
@@ -199,7 +198,7 @@ def missing_gpus(count: int, min_vram_gib: float | None) -> str | None:
     if reason:
         return f"needs {count} GPU(s): {reason}"
     if min_vram_gib is not None:
-        devices = [d for d in devices if d.memory_total_bytes / _GIB >= min_vram_gib]
+        devices = [d for d in devices if d.memory_total_bytes / GIB >= min_vram_gib]
     if len(devices) < count:
         memory = f" with >= {min_vram_gib} GiB each" if min_vram_gib is not None else ""
         return f"needs {count} GPU(s){memory}, {len(devices)} visible (CUDA_VISIBLE_DEVICES honoured)"

@@ -25,8 +25,6 @@ from typing import Any
 
 from pytest_llmperf.errors import LlmperfError
 
-GIB = 1024**3
-
 #: ggml KV-cache types: (bytes per block, values per block), as ggml's type traits give them.
 GGML_BLOCKS: dict[str, tuple[int, int]] = {
     "f32": (4, 1), "f16": (2, 1), "bf16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32), "q4_1": (20, 32),

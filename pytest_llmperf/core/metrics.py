@@ -21,6 +21,8 @@ from pytest_llmperf.errors import LlmperfError
 Direction = Literal["higher", "lower"]
 Unit = Literal["tok/s", "req/s", "s", "GiB", "score", "%", "W", "J", "J/token", "x", "nats", "GB/s", "instr/token"]
 
+#: Bytes in a GiB: every memory metric is in GiB.
+GIB = 1024**3
 PERCENTILES = (50, 90, 95, 99)
 LATENCY_FAMILIES = ("e2e", "ttft", "tpot", "itl")
 THROUGHPUT_METRICS = ("total_tok_s", "prompt_tok_s", "completion_tok_s", "req_s")

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llmperf.core.kv_cache import GIB, from_gguf, llama_cpp_cells
+from pytest_llmperf.core.kv_cache import from_gguf, llama_cpp_cells
+from pytest_llmperf.core.metrics import GIB
 from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.measure.quality import QualitySampler
 from pytest_llmperf.measure.roofline import roofline

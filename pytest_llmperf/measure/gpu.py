@@ -30,10 +30,10 @@ from types import TracebackType
 from typing import Any
 
 from pytest_llmperf.core.hardware import GpuDevice, load_nvml, visible_devices
+from pytest_llmperf.core.metrics import GIB
 
 __all__ = ["GpuDevice", "NvmlTracker", "load_nvml", "visible_devices"]
 
-_GIB = 1024**3
 
 
 @dataclass
@@ -200,14 +200,14 @@ class NvmlTracker:
         # Summed over devices at each sample, then the peak of that sum.
         per_sample = [sum(v for v in values if v is not None)
                       for values in zip(*(t.process_bytes for t in self.traces), strict=False)]
-        return float(max(per_sample)) / _GIB
+        return float(max(per_sample)) / GIB
 
     def metrics(self, generated_tokens: int | None = None) -> dict[str, float | None]:
         """Peak/mean memory per device and across devices, utilisation, power, energy (None: unavailable)."""
         names = ["mem_max_gib", "mem_mean_gib", "mem_process_gib", "gpu_util_pct", "gpu_power_w", "gpu_energy_j"]
         if not self.available:
             return dict.fromkeys([*names, "gpu_j_per_token"])
-        peaks = [max(trace.used_bytes) / _GIB for trace in self.traces]
+        peaks = [max(trace.used_bytes) / GIB for trace in self.traces]
         result: dict[str, float | None] = {
             "mem_max_gib": max(peaks),
             "mem_mean_gib": sum(peaks) / len(peaks),

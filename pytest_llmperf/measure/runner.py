@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_llmperf.core import progress
-from pytest_llmperf.core.metrics import MIN_SAMPLES_FOR_P99, compute_metrics
+from pytest_llmperf.core.metrics import GIB, MIN_SAMPLES_FOR_P99, compute_metrics
 from pytest_llmperf.core.workload import Request, RequestRecord, Workload
 from pytest_llmperf.engines import Engine
 from pytest_llmperf.measure.host_memory import HostMemorySampler
@@ -19,7 +19,6 @@ from pytest_llmperf.measure.quality import QualitySampler
 #: sure enough to stop (``core.stopping``).
 StopRule = Callable[[Mapping[str, list[float]], Sequence[float | None]], bool]
 
-_GIB = 1024**3
 
 
 @dataclass(repr=False)
@@ -116,7 +115,7 @@ def run_workload(
         # No process read (a server whose processes are gone), or a peak below the RSS before the engine was
         # built (memory freed since): nothing to attribute to the engine, so unavailable, never 0.
         footprint = memory.peak_bytes - base if rss_measurable and memory.peak_bytes is not None else None
-        metrics["rss_peak_gib"] = footprint / _GIB if footprint is not None and footprint > 0 else None
+        metrics["rss_peak_gib"] = footprint / GIB if footprint is not None and footprint > 0 else None
         per_repetition.append(metrics)
         quality.append(sampler.figures)
         all_records.extend(records)
