@@ -197,7 +197,8 @@ def instructions(engine: Any, n_prompt: int = 32, n_gen: int = 16, n_depth: int 
                                  env=_child_environment(), stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise EngineError(f"the counted run under callgrind took over {TIMEOUT_S:.0f} s and was stopped "
-                              f"(n_prompt={n_prompt}, n_gen={n_gen}, n_depth={n_depth})") from None
+                              f"(n_prompt={n_prompt}, n_gen={n_gen}, n_depth={n_depth}): under valgrind llama.cpp "
+                              "runs tens of times slower than natively; count fewer tokens") from None
         seconds = time.perf_counter() - start
         if ran.returncode != 0:
             tail = "\n".join(ran.stderr.strip().splitlines()[-12:])
