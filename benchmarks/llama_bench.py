@@ -30,7 +30,7 @@ from llama_tools import build
 
 from pytest_llmperf.engines import create_engine
 from pytest_llmperf.measure.bench import bench, parallel
-from pytest_llmperf.measure.instructions import COUNTED_FUNCTION, instructions, read_counts
+from pytest_llmperf.measure.instructions import callgrind, instructions, read_counts
 
 
 def llama_bench(tool: str, model: str, args: argparse.Namespace) -> tuple[float, float]:
@@ -50,10 +50,8 @@ def llama_bench_instructions(tool: str, model: str, n_prompt: int, n_gen: int, u
     callgrind: the computations of the timed run (the last ones; the warm-up's come first) over its tokens."""
     with tempfile.TemporaryDirectory(prefix="llama-bench-callgrind-") as work:
         subprocess.run(
-            ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={COUNTED_FUNCTION}",
-             f"--dump-after={COUNTED_FUNCTION}", "--dump-instr=no", "--dump-line=no",
-             f"--callgrind-out-file={Path(work) / 'callgrind.out'}", tool, "-m", model, "-p", str(n_prompt),
-             "-n", str(n_gen), "-t", "1", "-r", "1", "-fa", "0", "--poll", "0"],
+            [*callgrind(Path(work)), tool, "-m", model, "-p", str(n_prompt), "-n", str(n_gen), "-t", "1", "-r", "1",
+             "-fa", "0", "--poll", "0"],
             check=True, capture_output=True, text=True,
         )
         counts = read_counts(Path(work))

@@ -93,7 +93,8 @@ class BenchResult:
         return f"{pp}, {one('tg', self.tg_tok_s, self.tg_sd, self.n_gen)}"
 
 
-def _check_counts(**counts: int) -> None:
+def check_counts(**counts: int) -> None:
+    """Each token or repetition count a non-negative integer, else an error naming it."""
     for name, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise LlmperfError(f"{name} must be a non-negative integer, got {value!r}")
@@ -103,7 +104,7 @@ def bench(engine: Any, n_prompt: int = 128, n_gen: int = 64, repetitions: int = 
           n_batch: int | None = None, n_depth: int = 0) -> BenchResult:
     """llama-bench's ``-p n_prompt -n n_gen -r repetitions -d n_depth`` on ``engine``'s model and config (the
     depth: context tokens in the cache before the generation test, filled outside the timed region)."""
-    _check_counts(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, n_depth=n_depth)
+    check_counts(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, n_depth=n_depth)
     if repetitions < 1 or n_prompt + n_gen < 1:
         raise LlmperfError("bench needs repetitions >= 1 and n_prompt or n_gen > 0")
     engine = _bench_engine(engine)
@@ -138,7 +139,7 @@ def parallel(engine: Any, test: str, n_prompt: int = 128, n_gen: int = 64,
              n_parallel: Sequence[int] = (1, 2, 4, 8), repetitions: int = 1) -> ScalingResult:
     """N sequences decoded together for each N (llama-batched-bench ``-npp -ntg -npl``): the scaling table with
     speedup on the overall t/s, the median over ``repetitions`` runs per N."""
-    _check_counts(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions)
+    check_counts(n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions)
     if n_prompt < 1 or n_gen < 1 or repetitions < 1:
         raise LlmperfError("parallel needs n_prompt, n_gen and repetitions >= 1")
     levels = check_concurrencies(n_parallel)

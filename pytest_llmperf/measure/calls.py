@@ -28,6 +28,7 @@ from pytest_llmperf.measure.accuracy import AccuracyResult
 from pytest_llmperf.measure.bench import BenchResult
 from pytest_llmperf.measure.fidelity import FidelityResult
 from pytest_llmperf.measure.instructions import InstructionsResult
+from pytest_llmperf.measure.instructions import instructions as count_instructions
 from pytest_llmperf.measure.runner import PerfResult, StopRule, run_workload
 from pytest_llmperf.measure.scaling import ScalingResult
 
@@ -432,10 +433,8 @@ def instructions(
     """Instructions per prompt and generated token under callgrind (``measure/instructions.py``). The count does
     not move with the machine: no re-measurement, no machine-speed matching. Unavailable metrics carry the reason;
     what the count depends on beyond the engine (valgrind, the build's CPU features) is in the fingerprint."""
-    from pytest_llmperf.measure.instructions import instructions as count
-
     with measurement_lock():  # not for the count's sake: a neighbour measuring wall-clock speed would feel it
-        result = count(engine, n_prompt, n_gen, n_depth, repetitions)
+        result = count_instructions(engine, n_prompt, n_gen, n_depth, repetitions)
     metrics = prefixed(name, result.metrics())
     spread = result.spread()
     part = Part(

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.errors import EngineError, LlmperfError
+from pytest_llmperf.measure.bench import check_counts
 
 COUNTED_FUNCTION = "ggml_backend_sched_graph_compute_async"
 METRICS = ("pp_instructions_per_token", "tg_instructions_per_token")
@@ -115,12 +116,16 @@ def valgrind_version() -> str | None:
     return printed.removeprefix("valgrind-") or None
 
 
+def callgrind(out_dir: Path) -> list[str]:
+    """valgrind's command line up to the program: callgrind counting only inside ``COUNTED_FUNCTION``, one dump
+    per call, into ``out_dir/callgrind.out.<n>`` (``read_counts``)."""
+    return ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={COUNTED_FUNCTION}",
+            f"--dump-after={COUNTED_FUNCTION}", "--dump-instr=no", "--dump-line=no",
+            f"--callgrind-out-file={out_dir / 'callgrind.out'}"]
+
+
 def _command(job: Path, out_dir: Path) -> list[str]:
-    command = [
-        "valgrind", "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={COUNTED_FUNCTION}",
-        f"--dump-after={COUNTED_FUNCTION}", "--dump-instr=no", "--dump-line=no",
-        f"--callgrind-out-file={out_dir / 'callgrind.out'}", sys.executable, str(_CHILD), str(job),
-    ]
+    command = [*callgrind(out_dir), sys.executable, str(_CHILD), str(job)]
     setarch = shutil.which("setarch")
     return [setarch, platform.machine(), "-R", *command] if setarch else command
 
@@ -164,10 +169,7 @@ def instructions(engine: Any, n_prompt: int = 32, n_gen: int = 16, n_depth: int 
                  seed: int = 0) -> InstructionsResult:
     """Count the instructions per prompt token and per generated token of ``engine``'s model and config (the
     ``llama_cpp`` backend) under callgrind; unavailable with the reason when valgrind cannot count them."""
-    for name, value in (("n_prompt", n_prompt), ("n_gen", n_gen), ("n_depth", n_depth),
-                        ("repetitions", repetitions)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise LlmperfError(f"instructions: {name} must be a non-negative integer, got {value!r}")
+    check_counts(n_prompt=n_prompt, n_gen=n_gen, n_depth=n_depth, repetitions=repetitions)
     if repetitions < 1 or n_prompt + n_gen < 1:
         raise LlmperfError("instructions needs repetitions >= 1 and n_prompt or n_gen > 0")
     if not hasattr(engine, "native_params"):
