@@ -1,4 +1,5 @@
-"""The plugin's fixtures: each hands a test a pytest-free object (``engines/cache.py``, ``measure/checker.py``)."""
+"""The plugin's fixtures: each hands a test a pytest-free object (``engines/cache.py``, ``measure/perf_check.py``,
+``measure/lm_eval_scorer.py``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ if TYPE_CHECKING:
     from pytest_llmperf.core.session import LlmperfSession
     from pytest_llmperf.core.tolerance import ToleranceTable
     from pytest_llmperf.engines.cache import EngineCache, EngineFactory
-    from pytest_llmperf.measure.checker import LmEvalScorer, PerfCheck
     from pytest_llmperf.measure.gpu import NvmlTracker
+    from pytest_llmperf.measure.lm_eval_scorer import LmEvalScorer
+    from pytest_llmperf.measure.perf_check import PerfCheck
 
 session_key = pytest.StashKey["LlmperfSession"]()
 record_key = pytest.StashKey["TestRecord"]()
@@ -54,7 +56,7 @@ def tolerance_table(item: pytest.Item, session: LlmperfSession) -> ToleranceTabl
 
 def study_of(item: pytest.Item, session: LlmperfSession) -> dict[str, Any] | None:
     """The study ``item`` is a point of (``core/studies.point_info``), None when it has no ``perf_study`` marker."""
-    from pytest_llmperf.core.studies import point_info, study_id
+    from pytest_llmperf.core.session_studies import point_info, study_id
 
     if (marker := item.get_closest_marker("perf_study")) is None:
         return None
@@ -84,7 +86,7 @@ def engine_factory(_llmperf_engines: EngineCache) -> EngineFactory:
 @pytest.fixture
 def llmperf(request: pytest.FixtureRequest, _llmperf_engines: EngineCache) -> PerfCheck:
     """Measure on engines; every call adds to this test's record, judged against its baseline when it ends."""
-    from pytest_llmperf.measure.checker import PerfCheck
+    from pytest_llmperf.measure.perf_check import PerfCheck
 
     session, item = request.config.stash[session_key], request.node
     return PerfCheck(record_of(item), session, _llmperf_engines, tolerance_table(item, session))
@@ -93,7 +95,7 @@ def llmperf(request: pytest.FixtureRequest, _llmperf_engines: EngineCache) -> Pe
 @pytest.fixture
 def lm_eval_scorer(llmperf: PerfCheck) -> LmEvalScorer:
     """Score lm-eval tasks on an engine; the accuracy joins this test's record."""
-    from pytest_llmperf.measure.checker import LmEvalScorer
+    from pytest_llmperf.measure.lm_eval_scorer import LmEvalScorer
 
     return LmEvalScorer(llmperf)
 

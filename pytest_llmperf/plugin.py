@@ -96,7 +96,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """Before -m/-k deselect anything: every study's points, and baseline files of wholly collected modules that
     no collected test owns (``--lf`` collects parts of modules: nothing is judged then)."""
     from pytest_llmperf.core.baseline import stale_in_whole_modules
-    from pytest_llmperf.core.studies import study_sizes
+    from pytest_llmperf.core.session_studies import study_sizes
 
     if (llmperf_session := config.stash.get(session_key, None)) is None:
         return
@@ -176,7 +176,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
 
 def _judge(item: pytest.Function, record: TestRecord, passed: bool) -> None:
     __tracebackhide__ = True
-    from pytest_llmperf.core.check import consequence, write_pending
+    from pytest_llmperf.core.outcome import consequence, write_pending
     from pytest_llmperf.core.record import judge
 
     session: LlmperfSession = item.config.stash[session_key]
@@ -239,7 +239,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.workeroutput.update(worker_output(llmperf_session))  # type: ignore[attr-defined]
         return
     if llmperf_session.outcomes:  # studies are judged as a whole, once every worker's points are in
-        from pytest_llmperf.core.studies import judge_session
+        from pytest_llmperf.core.session_studies import judge_session
 
         if judge_session(llmperf_session) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -68,7 +68,7 @@ def test_the_ab_fingerprint_names_each_model_file_not_its_path(engines: tuple[En
 
 
 def test_the_markdown_report_holds_baseline_paths_relative_to_the_rootdir(tmp_path: Path) -> None:
-    from pytest_llmperf.core.check import CheckOutcome, Status
+    from pytest_llmperf.core.outcome import CheckOutcome, Status
     from pytest_llmperf.core.session import LlmperfSession
     from pytest_llmperf.core.tolerance import ToleranceTable
     from pytest_llmperf.reports.files import write_reports

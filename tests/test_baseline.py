@@ -252,8 +252,8 @@ def test_a_rewritten_baseline_keeps_its_mode(tmp_path: Path, umask_022: None) ->
 
 
 def test_a_study_file_gets_the_umask_mode_and_keeps_an_existing_one(tmp_path: Path, umask_022: None) -> None:
-    from pytest_llmperf.core.studies import store_choice
-    from pytest_llmperf.core.study import Choice, StudyPoint, StudySpec
+    from pytest_llmperf.core.operating_point import Choice, StudyPoint, StudySpec
+    from pytest_llmperf.core.session_studies import store_choice
 
     point = StudyPoint("t.py::test_s[1]", {"n_batch": 1}, {"n_batch": 0}, {"completion_tok_s": 10.0})
     choice = Choice(point, None, "the only point", [point.test], {})

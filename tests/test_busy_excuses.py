@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from pytest_llmperf.core.baseline import MetricRecord
-from pytest_llmperf.core.check import CheckOutcome, Status
 from pytest_llmperf.core.disturbance import explained_slowdown
 from pytest_llmperf.core.intervals import Interval
 from pytest_llmperf.core.metrics import metric_spec
+from pytest_llmperf.core.outcome import CheckOutcome, Status
 from pytest_llmperf.core.record import Part, TestRecord, _judge_disturbance
 from pytest_llmperf.core.tolerance import parse_tolerance
 from pytest_llmperf.core.verdict import MetricComparison, Verdict, judge

@@ -315,8 +315,8 @@ def test_threads_default_to_half_the_cores_and_warn_beyond_the_free_ones(
 def test_a_busy_machine_excuses_a_slower_speed_but_no_memory_regression(tmp_path: Path) -> None:
     """Plain Python, through ``core/record.judge``: other processes took 1.5 cores during every repetition."""
     from pytest_llmperf.core.baseline import Baseline, MetricRecord, baseline_path, record_baseline
-    from pytest_llmperf.core.check import Status
     from pytest_llmperf.core.fingerprint import environment
+    from pytest_llmperf.core.outcome import Status
     from pytest_llmperf.core.record import Part, TestRecord, judge
     from pytest_llmperf.core.tolerance import DEFAULT_TOLERANCES, ToleranceTable
 

@@ -89,7 +89,7 @@ def test_core_imports_only_core(module: str) -> None:
 
 @pytest.mark.parametrize("module", sorted(m for m in GRAPH if _layer(m) == "engines"))
 def test_engines_import_no_reports_or_verdicts(module: str) -> None:
-    verdicts = {"pytest_llmperf.core.verdict", "pytest_llmperf.core.check", "pytest_llmperf.core.record"}
+    verdicts = {"pytest_llmperf.core.verdict", "pytest_llmperf.core.outcome", "pytest_llmperf.core.record"}
     bad = sorted(t for t in GRAPH[module] if _layer(t) in ("reports", "measure") or t in verdicts or t == "pytest")
     assert not bad, f"{module} imports {bad}"
 

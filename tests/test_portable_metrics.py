@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf.core.check import Measurement, Status, check_measurement, consequence
 from pytest_llmperf.core.metrics import metric_spec
+from pytest_llmperf.core.outcome import Measurement, Status, check_measurement, consequence
 from pytest_llmperf.core.tolerance import DEFAULT_TOLERANCES, ToleranceTable
 from pytest_llmperf.core.verdict import Verdict
 

@@ -170,7 +170,7 @@ def test_metrics_reach_pytest_benchmark_extra_info(pytester: pytest.Pytester, mo
 def test_tradeoff_table_puts_quality_beside_speed_and_memory() -> None:
     from pathlib import Path
 
-    from pytest_llmperf.core.check import CheckOutcome, Status
+    from pytest_llmperf.core.outcome import CheckOutcome, Status
     from pytest_llmperf.core.tolerance import Tolerance
     from pytest_llmperf.core.verdict import MetricComparison, Verdict
     from pytest_llmperf.reports.markdown import render_markdown

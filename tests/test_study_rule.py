@@ -1,11 +1,11 @@
-"""The operating-point rule of a study (``core/study.py``): constraints, plateau preference, ties, no feasible
+"""The operating-point rule of a study (``core/operating_point.py``): constraints, plateau preference, ties, no feasible
 point, accuracy within k stderr, and the marker's validation."""
 
 from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf.core.study import NoOperatingPoint, StudyPoint, choose, parse_study
+from pytest_llmperf.core.operating_point import NoOperatingPoint, StudyPoint, choose, parse_study
 from pytest_llmperf.errors import LlmperfError
 
 

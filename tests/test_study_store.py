@@ -1,5 +1,5 @@
-"""The study file (``<test function>.study.json``, ``core/studies.py``): an entry of the wrong shape is a clear error
-naming the file, in a check run and under ``--update-baselines`` alike, and is never overwritten."""
+"""The study file (``<test function>.study.json``, ``core/session_studies.py``): an entry of the wrong shape is a
+clear error naming the file, in a check run and under ``--update-baselines`` alike, and is never overwritten."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from pytest_llmperf.core.baseline import study_path
-from pytest_llmperf.core.check import CheckOutcome, Status
-from pytest_llmperf.core.studies import StudyResult, judge_studies
+from pytest_llmperf.core.outcome import CheckOutcome, Status
+from pytest_llmperf.core.session_studies import StudyResult, judge_studies
 
 STUDY = "perf_tests/test_s.py::test_kv"
 RULE = {"axis": "type_k", "minimise": "rss_peak_gib"}

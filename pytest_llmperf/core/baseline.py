@@ -187,7 +187,7 @@ def baseline_path(baseline_dir: Path, nodeid: str) -> Path:
 
 
 def study_path(baseline_dir: Path, study: str) -> Path:
-    """The file of a study's operating point (``core/studies.py``): ``<test function>.study.json`` beside its
+    """The file of a study's operating point (``core/session_studies.py``): ``<test function>.study.json`` beside its
     points' baseline files; ``study`` is the node id without the parameter part."""
     path = baseline_path(baseline_dir, study)
     return path.with_name(path.name.removesuffix(".json") + ".study.json")

@@ -1,5 +1,5 @@
 """The plugin's markers, checked without pytest: ``perf``, ``perf_tolerance(...)``, ``gpu(...)`` (``core/hardware``),
-``perf_study(...)`` (``core/study``).
+``perf_study(...)`` (``core/operating_point``).
 
 Each check takes a marker's name, args and kwargs and raises an ``LlmperfError`` naming the test and the value.
 """
@@ -31,7 +31,7 @@ def check_markers(markers: Iterable[tuple[str, tuple[Any, ...], Mapping[str, Any
             raise LlmperfError(f"{where}: unknown marker {name!r}; did you mean {close[0]!r}? (its settings would "
                                "not apply)")
         if name == "perf_study":
-            from pytest_llmperf.core.study import parse_study
+            from pytest_llmperf.core.operating_point import parse_study
 
             if args:
                 raise LlmperfError(f"{where}: perf_study takes keywords only (axis=..., maximise=...), got {args!r}")

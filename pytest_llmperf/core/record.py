@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pytest_llmperf.core.baseline import hardware_class
-from pytest_llmperf.core.check import CheckOutcome, Measurement, Status, check_measurement
 from pytest_llmperf.core.disturbance import (
     MAX_DISTURBED_SHARE,
     MAX_MACHINE_DRIFT,
@@ -31,6 +30,7 @@ from pytest_llmperf.core.disturbance import (
     tail_metric,
 )
 from pytest_llmperf.core.metrics import metric_spec
+from pytest_llmperf.core.outcome import CheckOutcome, Measurement, Status, check_measurement
 from pytest_llmperf.core.paired import Documents
 from pytest_llmperf.core.tolerance import ToleranceTable
 from pytest_llmperf.core.verdict import MetricComparison, Verdict, speed_power

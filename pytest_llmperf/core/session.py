@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmperf.errors import LlmperfError
 
 if TYPE_CHECKING:
-    from pytest_llmperf.core.check import CheckOutcome
+    from pytest_llmperf.core.outcome import CheckOutcome
     from pytest_llmperf.core.tolerance import ToleranceTable
 
 #: Metrics checked against the baseline unless the ini key ``llmperf_gate`` or ``measure(gate=...)`` say

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.core.baseline import baseline_path, hardware_class, load_baseline
-from pytest_llmperf.core.check import accept_command
 from pytest_llmperf.core.fingerprint import engine_identity, environment, fingerprint
+from pytest_llmperf.core.outcome import accept_command
 from pytest_llmperf.core.paired import SIGNIFICANCE
 from pytest_llmperf.core.record import Part, Remeasured, prefixed
 from pytest_llmperf.core.tolerance import ToleranceTable

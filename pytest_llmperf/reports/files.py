@@ -65,7 +65,7 @@ def draw_figures(session: LlmperfSession, json_file: Path) -> list[Path]:
     """Each study's PNGs beside the report (their paths, relative to it, go into ``StudyResult.figures``); a
     study whose figures cannot be drawn says why in its notes."""
     from pytest_llmperf.reports.figures import available
-    from pytest_llmperf.reports.study import draw_study
+    from pytest_llmperf.reports.study_report import draw_study
 
     if not session.studies:
         return []

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.core.check import CheckOutcome, Status
 from pytest_llmperf.core.intervals import Interval
+from pytest_llmperf.core.outcome import CheckOutcome, Status
 from pytest_llmperf.core.session import LlmperfSession
-from pytest_llmperf.core.studies import StudyResult
+from pytest_llmperf.core.session_studies import StudyResult
 from pytest_llmperf.core.tolerance import Tolerance
 from pytest_llmperf.core.verdict import MetricComparison, Verdict
 from pytest_llmperf.measure.scaling import ScalingResult

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_llmperf.core.check import CheckOutcome, Status
 from pytest_llmperf.core.metrics import format_value
-from pytest_llmperf.core.studies import StudyResult
+from pytest_llmperf.core.outcome import CheckOutcome, Status
+from pytest_llmperf.core.session_studies import StudyResult
 from pytest_llmperf.core.verdict import Verdict
 from pytest_llmperf.measure.scaling import ScalingResult
 from pytest_llmperf.reports.ab import ab_cells
 from pytest_llmperf.reports.scaling import scaling_cells, scaling_header
-from pytest_llmperf.reports.study import study_markdown
+from pytest_llmperf.reports.study_report import study_markdown
 from pytest_llmperf.reports.table import (
     HEADER,
     headline,

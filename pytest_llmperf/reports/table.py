@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_llmperf.core.check import CheckOutcome, Status
 from pytest_llmperf.core.metrics import format_value
+from pytest_llmperf.core.outcome import CheckOutcome, Status
 
 HEADER = ("test", "metric", "baseline", "current", "delta %", "tolerance", "verdict")
 

@@ -6,7 +6,7 @@ from pytest_llmperf.core.session import LlmperfSession
 from pytest_llmperf.reports.ab import render_ab
 from pytest_llmperf.reports.files import figures_dir, report_paths
 from pytest_llmperf.reports.scaling import render_scaling
-from pytest_llmperf.reports.study import render_study
+from pytest_llmperf.reports.study_report import render_study
 from pytest_llmperf.reports.table import align, headline, render_notes, render_table, tradeoff_rows
 
 

@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.core.baseline import hardware_class, study_path, write_atomically
-from pytest_llmperf.core.check import CheckOutcome, accept_command
 from pytest_llmperf.core.fingerprint import diff
 from pytest_llmperf.core.locks import machine_lock
-from pytest_llmperf.core.session import LlmperfSession
-from pytest_llmperf.core.study import (
+from pytest_llmperf.core.operating_point import (
     Choice,
     NoOperatingPoint,
     StudyPoint,
@@ -36,6 +34,8 @@ from pytest_llmperf.core.study import (
     in_axis_order,
     parse_study,
 )
+from pytest_llmperf.core.outcome import CheckOutcome, accept_command
+from pytest_llmperf.core.session import LlmperfSession
 from pytest_llmperf.errors import BaselineError, LlmperfError
 
 STUDY_SCHEMA = 1
@@ -88,7 +88,7 @@ class StudyResult:
     #: A failure of the study as a whole (no feasible point, a changed choice with ``fail_on_change``, strict).
     failure: str | None = None
     notes: list[str] = field(default_factory=list)
-    #: PNG files drawn for it (``reports/study.py``), relative to the report.
+    #: PNG files drawn for it (``reports/study_report.py``), relative to the report.
     figures: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The user API of the ``llmperf`` and ``lm_eval_scorer`` fixtures, without pytest.
+"""``PerfCheck``: the object the ``llmperf`` fixture hands a test, without pytest.
 
 Each measuring call runs its measurement (``measure/calls.py``), adds its part to the test's record
 (``core/record.py``) and returns its result at once for plain asserts; the plugin judges the record when the test
@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmperf.core.paired import SIGNIFICANCE
-from pytest_llmperf.errors import LlmperfError
 from pytest_llmperf.measure import calls
 
 if TYPE_CHECKING:
@@ -22,7 +20,6 @@ if TYPE_CHECKING:
     from pytest_llmperf.engines import Engine
     from pytest_llmperf.engines.cache import EngineCache
     from pytest_llmperf.measure.ab import ABResult
-    from pytest_llmperf.measure.accuracy import AccuracyResult
     from pytest_llmperf.measure.bench import BenchResult
     from pytest_llmperf.measure.capacity import CapacityResult
     from pytest_llmperf.measure.fidelity import FidelityResult
@@ -207,30 +204,3 @@ class PerfCheck:
             warnings=warnings, stderr=stderr, reference=reference, engine=engine, name=name,
         )
         self._add(part)
-
-
-class LmEvalScorer:
-    """The ``lm_eval_scorer`` fixture: lm-eval tasks on an engine, added to the test's record."""
-
-    def __init__(self, check: PerfCheck) -> None:
-        self._check = check
-
-    def __call__(
-        self, engine: Engine, tasks: Sequence[str], *, limit: int | float | None = None,
-        num_fewshot: int | None = None, batch_size: int | str | None = None, seed: int = 1234,
-        tolerances: Mapping[str, object] | None = None, check: bool = True, name: str | None = None,
-        model_args: Mapping[str, Any] | None = None, significance: float = SIGNIFICANCE, **evaluate_kwargs: Any,
-    ) -> AccuracyResult:
-        """Score ``tasks`` (shipped task names, lm-eval task names or YAML paths) on ``engine``; every
-        ``<task>.<metric>`` is gated (``check=False``: scored only), document by document against the baseline's
-        documents at ``significance`` (``core/paired.py``). ``model_args``: for server engines, lm-eval's
-        ``--model_args`` (``num_concurrent``, ``tokenizer``, ...)."""
-        if not 0.0 < significance < 1.0:
-            raise LlmperfError(f"lm_eval_scorer: significance={significance!r} must lie between 0 and 1")
-        scores, part = calls.accuracy(
-            engine, tasks, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, seed=seed,
-            tolerances=tolerances, check=check, name=name, model_args=model_args, significance=significance,
-            **evaluate_kwargs,
-        )
-        self._check._add(part)
-        return scores

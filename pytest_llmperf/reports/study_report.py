@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_llmperf.core.metrics import format_value, metric_spec
-from pytest_llmperf.core.studies import StudyResult
-from pytest_llmperf.core.study import MEMORY_METRICS, accuracy_metrics
+from pytest_llmperf.core.operating_point import MEMORY_METRICS, accuracy_metrics
+from pytest_llmperf.core.session_studies import StudyResult
 
 _THROUGHPUT = ("completion_tok_s", "total_tok_s")
 _LATENCY = ("e2e_p50", "e2e_p90", "e2e_p99", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99")

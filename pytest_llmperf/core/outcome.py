@@ -73,7 +73,8 @@ class CheckOutcome:
     alerts: list[str] = field(default_factory=list)
     #: Standard errors of the measured metrics that have one (accuracy), gated or not.
     stderr: dict[str, float | None] = field(default_factory=dict)
-    #: The test is a point of a study (``core/studies.py``): its study id, rule, knob values and the study's size.
+    #: The test is a point of a study (``core/session_studies.py``): its study id, rule, knob values and the
+    #: study's size.
     study: dict[str, Any] | None = None
 
     @property
