@@ -10,7 +10,7 @@ import pytest
 
 from pytest_llmperf.core.baseline import Baseline, MetricRecord
 from pytest_llmperf.core.disturbance import busy_reason, disturbance, disturbed_share, summary
-from pytest_llmperf.core.intervals import mann_whitney_p, median_interval, paired_interval, shift_interval
+from pytest_llmperf.core.intervals import median_interval, paired_interval, shift_interval
 from pytest_llmperf.core.metrics import metric_spec
 from pytest_llmperf.core.stopping import metric_is_sure, precise, stop_rule
 from pytest_llmperf.core.tolerance import parse_tolerance
@@ -49,8 +49,11 @@ def test_shift_interval_is_the_ratio_of_a_scaled_sample() -> None:
     assert interval.low < 0.9 < interval.high
     assert shift_interval([1.0], [1.0, 2.0]) is None
     assert shift_interval([0.0, 1.0], [1.0, 2.0]) is None  # a ratio needs positive values
-    difference = shift_interval([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], relative=False)
+    difference = shift_interval([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], 0.90, relative=False)
     assert difference is not None and difference.estimate == pytest.approx(1.0)
+    assert difference.level == pytest.approx(0.9)  # 3 a side: [min, max] of the 9 differences covers 18 in 20
+    # ... and no 95% interval: the old normal approximation claimed one (the same [min, max], really 90%).
+    assert shift_interval([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], 0.95, relative=False) is None
 
 
 def test_paired_interval_removes_drift_shared_by_both_sides() -> None:
@@ -60,12 +63,6 @@ def test_paired_interval_removes_drift_shared_by_both_sides() -> None:
     interval = paired_interval(a, b)
     assert interval is not None and interval.estimate == pytest.approx(0.95) and interval.high < 1
     assert shift_interval(a, b) is not None and shift_interval(a, b).high > 1  # unpaired: the drift hides it
-
-
-def test_mann_whitney_p() -> None:
-    assert mann_whitney_p([1, 2, 3], [1, 2, 3]) > 0.5
-    assert mann_whitney_p(list(range(20)), list(range(100, 120))) < 1e-6
-    assert mann_whitney_p([], [1]) == 1.0
 
 
 def test_a_regression_needs_the_whole_interval_beyond_the_tolerance() -> None:

@@ -18,8 +18,9 @@ import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
+
+from scipy import stats
 
 #: The default significance of the paired test: a drop whose one-sided p-value is below this is a regression.
 #: One in a hundred unchanged metrics could alarm by chance at most (and none where no document moved: a
@@ -72,12 +73,14 @@ class Documents:
 
 
 def binomial_tail(k: int, n: int) -> float:
-    """``P(X >= k)`` for ``X ~ Binomial(n, 1/2)``, exactly."""
+    """``P(X >= k)`` for ``X ~ Binomial(n, 1/2)``: the one-sided (greater) p-value of the exact binomial test
+    (``scipy.stats.binomtest``) of ``k`` successes in ``n`` trials, which is McNemar's exact test when the ``n``
+    trials are the discordant pairs."""
     if k <= 0:
         return 1.0
     if k > n:
         return 0.0
-    return float(Fraction(sum(math.comb(n, i) for i in range(k, n + 1)), 1 << n))
+    return float(stats.binomtest(k, n, 0.5, alternative="greater").pvalue)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from pytest_llmperf.core.baseline import Baseline, MetricRecord
-from pytest_llmperf.core.intervals import Interval, shift_interval
+from pytest_llmperf.core.intervals import Interval, fewest_for, moses_cut, shift_interval
 from pytest_llmperf.core.metrics import format_value, invalid_value, metric_spec
 from pytest_llmperf.core.paired import SIGNIFICANCE, Documents, PairedTest, paired_test
 
@@ -31,7 +31,8 @@ class Verdict(str, Enum):
     NOT_JUDGED = "not judged"
 
 
-#: Two-sided level of the intervals the verdicts use: each bound is a one-sided 95% bound. Chosen with
+#: Two-sided level of the intervals the verdicts use (exact: ``core/intervals.py``): each bound is a one-sided
+#: 95% bound. Chosen with
 #: ``benchmarks/noise.py`` (docs/noise.md): it keeps false alarms under 1% at a 5% tolerance while a 10% slowdown
 #: is caught in >= 95% of the comparisons it judges.
 LEVEL = 0.90
@@ -196,11 +197,12 @@ def judge(
     beyond tolerance counts only when the documents that moved make it significant at ``significance``.
 
     Noise rule: when both sides have per-repetition samples (at least 2 each), the change is the Hodges-Lehmann
-    estimate of current/baseline (or current - baseline, for an absolute tolerance) with its Moses interval at
-    ``LEVEL``. A regression needs the whole interval beyond the tolerance, an improvement the same on the other
-    side. When the interval reaches across the tolerance the verdict is not sure (``sure=False``): ok if the
-    median is within tolerance, otherwise not judged. ``benchmarks/noise.py`` measures this rule's false alarms
-    and detection beside asv's and a point rule. Without samples the median alone is compared.
+    estimate of current/baseline (or current - baseline, for an absolute tolerance) with its exact Moses interval
+    at ``LEVEL`` (``core/intervals.shift_interval``). A regression needs the whole interval beyond the tolerance,
+    an improvement the same on the other side. When the interval reaches across the tolerance the verdict is not
+    sure (``sure=False``): ok if the median is within tolerance, otherwise not judged; likewise when the samples
+    are too few for an interval at ``LEVEL``. ``benchmarks/noise.py`` measures this rule's false alarms and
+    detection beside asv's and a point rule. Without samples the median alone is compared.
     """
     if current is None:
         return MetricComparison(name, baseline.value if baseline else None, None, tolerance, Verdict.UNAVAILABLE)
@@ -210,22 +212,10 @@ def judge(
         return MetricComparison(name, stored, current, tolerance, Verdict.INVALID, problem)
     if baseline is None:
         return MetricComparison(name, None, current, tolerance, Verdict.NEW)
-    worse_by = _worse_by(name, baseline.value, current)
-    combined_stderr = (
-        math.hypot(baseline.stderr, current_stderr)
-        if baseline.stderr is not None and current_stderr is not None
-        else None
-    )
-    allowed = tolerance.allowed(baseline.value, combined_stderr)
-    point = Verdict.OK if abs(worse_by) <= allowed else Verdict.REGRESSED if worse_by > 0 else Verdict.IMPROVED
-    # Documents that do not average to the stored value (a hand-edited baseline) say nothing about it.
-    if baseline.documents is not None and current_documents is not None and baseline.documents.scores and \
-            math.isclose(math.fsum(baseline.documents.scores) / len(baseline.documents.scores), baseline.value,
-                         rel_tol=1e-9, abs_tol=1e-9):
-        higher = metric_spec(name).direction == "higher"
-        test = paired_test(baseline.documents, current_documents, higher)
-        if test is not None:
-            return _paired(name, baseline.value, current, tolerance, point, test, significance)
+    point = _point_verdict(name, baseline, current, tolerance, current_stderr)
+    paired = _paired_verdict(name, baseline, current, tolerance, point, current_documents, significance)
+    if paired is not None:
+        return paired
     # Samples that do not match the stored value (a hand-edited baseline) say nothing about it.
     if not (baseline.samples and current_samples and math.isclose(statistics.median(baseline.samples),
                                                                     baseline.value)):
@@ -241,14 +231,68 @@ def judge(
             return MetricComparison(name, baseline.value, current, tolerance, Verdict.NOT_JUDGED, note, None, False)
     judged = interval_of(name, base, now, tolerance)
     if judged is None:
-        return MetricComparison(name, baseline.value, current, tolerance, point)
+        return _too_few(name, baseline.value, current, tolerance, point, len(base), len(now))
+    return _interval_verdict(name, baseline.value, current, tolerance, point, judged, adjusted=matched is not None)
+
+
+def _point_verdict(
+    name: str, baseline: MetricRecord, current: float, tolerance: Tolerance, current_stderr: float | None
+) -> Verdict:
+    """The median alone against the tolerance (widened by the combined standard error, for a stderr tolerance)."""
+    worse_by = _worse_by(name, baseline.value, current)
+    combined_stderr = (
+        math.hypot(baseline.stderr, current_stderr)
+        if baseline.stderr is not None and current_stderr is not None
+        else None
+    )
+    allowed = tolerance.allowed(baseline.value, combined_stderr)
+    return Verdict.OK if abs(worse_by) <= allowed else Verdict.REGRESSED if worse_by > 0 else Verdict.IMPROVED
+
+
+def _paired_verdict(
+    name: str, baseline: MetricRecord, current: float, tolerance: Tolerance, point: Verdict,
+    current_documents: Documents | None, significance: float,
+) -> MetricComparison | None:
+    """The document-by-document verdict, when both sides scored the same documents; None otherwise."""
+    # Documents that do not average to the stored value (a hand-edited baseline) say nothing about it.
+    if baseline.documents is None or current_documents is None or not baseline.documents.scores or \
+            not math.isclose(math.fsum(baseline.documents.scores) / len(baseline.documents.scores), baseline.value,
+                             rel_tol=1e-9, abs_tol=1e-9):
+        return None
+    test = paired_test(baseline.documents, current_documents, metric_spec(name).direction == "higher")
+    if test is None:
+        return None
+    return _paired(name, baseline.value, current, tolerance, point, test, significance)
+
+
+def _too_few(
+    name: str, stored: float, current: float, tolerance: Tolerance, point: Verdict, m: int, n: int
+) -> MetricComparison:
+    """Samples on both sides, but too few for an interval at ``LEVEL``: the median decides nothing beyond
+    tolerance (not judged) and passes within it only as "not sure". One sample a side, a stderr tolerance or a
+    ratio of non-positive values: the median's verdict, as without samples."""
+    if m < 2 or n < 2 or tolerance.kind == "stderr" or moses_cut(m, n, LEVEL) is not None:
+        return MetricComparison(name, stored, current, tolerance, point)
+    why = (f"{m} and {n} repetitions cannot give a {LEVEL:.0%} interval of the change (the exact Mann-Whitney "
+           f"interval needs {fewest_for(LEVEL)} a side)")
+    if point is Verdict.OK:
+        return MetricComparison(name, stored, current, tolerance, Verdict.OK, f"{name}: ok, not sure: {why}",
+                                sure=False)
+    return MetricComparison(name, stored, current, tolerance, Verdict.NOT_JUDGED,
+                            f"{name} moved beyond tolerance, but {why}: not sure (measure more repetitions)",
+                            sure=False)
+
+
+def _interval_verdict(
+    name: str, stored: float, current: float, tolerance: Tolerance, point: Verdict,
+    judged: tuple[Interval, float, float], *, adjusted: bool,
+) -> MetricComparison:
+    """The verdict of the change's interval against the tolerance's bad and good limits."""
     interval, bad, good = judged
     lower_is_better = metric_spec(name).direction == "lower"
 
     def made(verdict: Verdict, note: str = "", sure: bool = True) -> MetricComparison:
-        assert baseline is not None
-        return MetricComparison(name, baseline.value, current, tolerance, verdict, note, interval, sure,
-                                matched is not None)
+        return MetricComparison(name, stored, current, tolerance, verdict, note, interval, sure, adjusted)
 
     def beyond(limit: float, upward: bool) -> bool:
         return interval.low > limit if upward else interval.high < limit
