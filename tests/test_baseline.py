@@ -120,15 +120,18 @@ def test_missing_file_is_none(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ('{"schema": 1, "test": "t", "metrics": {', "malformed JSON at line 1"),
-        ("[]", "must be a JSON object"),
+        ("[]", "at the top level: [] is not of type 'object' (expected a baseline file"),
         ('{"schema": 7, "test": "t", "metrics": {}}', "schema 7 is not supported"),
         ('{"schema": 1, "test": "t", "metrics": {"speed": {"value": 1}}}', "unknown metric 'speed'"),
-        ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": "fast"}}}', "a finite number is required"),
+        ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": "fast"}}}',
+         "at metrics.e2e_p99.value: 'fast' is not of type 'number' (expected the headline value"),
         ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": NaN}}}', "a finite number is required"),
         ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": -1}}}', "cannot be negative"),
-        ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": 1, "samples": [1, null]}}}', "samples"),
-        ('{"schema": 1, "metrics": {}}', "'test' must be"),
-        ('{"schema": 1, "test": "t", "metrics": {}, "other_hardware": []}', "'other_hardware' must be"),
+        ('{"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": 1, "samples": [1, null]}}}',
+         "at metrics.e2e_p99.samples[1]: None is not of type 'number'"),
+        ('{"schema": 1, "metrics": {}}', "at the top level: 'test' is a required property"),
+        ('{"schema": 1, "test": "t", "metrics": {}, "other_hardware": []}',
+         "at other_hardware: [] is not of type 'object'"),
         (
             '{"schema": 1, "test": "t", "metrics": {}, "other_hardware": {"gpu:X": {"metrics": {}}}}',
             "(other_hardware['gpu:X']): its fingerprint's hardware.class is None",
@@ -137,6 +140,11 @@ def test_missing_file_is_none(tmp_path: Path) -> None:
             '{"schema": 1, "test": "t", "metrics": {}, "other_hardware": {"gpu:X": '
             '{"metrics": {"e2e_p99": {"value": -2}}, "fingerprint": {"hardware": {"class": "gpu:X"}}}}}',
             "(other_hardware['gpu:X']): metric 'e2e_p99' cannot be negative",
+        ),
+        (
+            '{"schema": 1, "test": "t", "metrics": {}, "other_hardware": {"gpu:X": '
+            '{"metrics": {"e2e_p99": {"value": 1, "machine_speeds": [0]}}}}}',
+            "at other_hardware['gpu:X'].metrics.e2e_p99.machine_speeds[0]: 0 is less than or equal to the minimum of 0",
         ),
         (
             '{"schema": 1, "test": "t", "metrics": {}, "fingerprint": {"hardware": {"class": "gpu:X"}}, '

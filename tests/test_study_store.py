@@ -55,14 +55,19 @@ def test_a_good_entry_is_compared_and_updated(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "problem"),
     [
-        (["type_k", "f16"], "the entry of hardware class 'cpu-test' must be an object with a 'point', got a list"),
-        ({"point": "f16"}, "the operating point of hardware class 'cpu-test' must be an object of knob -> value, "
-                           "got a str"),
-        ({"point": ["f16"]}, "the operating point of hardware class 'cpu-test' must be an object of knob -> value, "
-                             "got a list"),
-        ({"rule": "r"}, "the entry of hardware class 'cpu-test' has no 'point'"),
-        ({"point": {"type_k": "f16"}, "fingerprint": []}, "the fingerprint of hardware class 'cpu-test' must be an "
-                                                          "object"),
+        (["type_k", "f16"], "the entry of hardware class 'cpu-test' at choices['cpu-test']: ['type_k', 'f16'] is "
+                            "not of type 'object' (expected an object with a 'point')"),
+        ({"point": "f16"}, "the entry of hardware class 'cpu-test' at choices['cpu-test'].point: 'f16' is not of "
+                           "type 'object' (expected an object of knob -> value)"),
+        ({"point": ["f16"]}, "the entry of hardware class 'cpu-test' at choices['cpu-test'].point: ['f16'] is not "
+                             "of type 'object'"),
+        ({"point": {"k": [1]}}, "the entry of hardware class 'cpu-test' at choices['cpu-test'].point.k: [1] is not "
+                                "of type 'string', 'number', 'boolean', 'null'"),
+        ({"rule": "r"}, "the entry of hardware class 'cpu-test' at choices['cpu-test']: 'point' is a required "
+                        "property"),
+        ({"point": {"type_k": "f16"}, "fingerprint": []}, "the entry of hardware class 'cpu-test' at "
+                                                          "choices['cpu-test'].fingerprint: [] is not of type "
+                                                          "'object'"),
     ],
 )
 @pytest.mark.parametrize("update", [False, True])

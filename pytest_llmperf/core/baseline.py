@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.core import schemas
 from pytest_llmperf.core.locks import machine_lock
 from pytest_llmperf.core.metrics import invalid_value, metric_spec
 from pytest_llmperf.core.paired import Documents
@@ -203,39 +204,39 @@ def _finite_number(value: object) -> bool:
 
 
 def parse_baseline(data: object, path: Path) -> BaselineFile:
-    """Validate the decoded JSON of a baseline file; every problem raises a BaselineError naming ``path``.
+    """Validate the decoded JSON of a baseline file against ``schemas/baseline.schema.json`` and what a schema
+    cannot say (known metric names, signs, NaN); every problem raises a BaselineError naming ``path`` and where in
+    it the problem is.
 
     Problems of the file as a whole raise here; a problem inside one hardware class's entry is kept in
     ``BaselineFile.unreadable`` and raised when that entry is asked for.
     """
-    _require(isinstance(data, dict), path, "a baseline must be a JSON object")
-    assert isinstance(data, dict)
-    schema = data.get("schema")
-    if schema != SCHEMA_VERSION:
+    if isinstance(data, dict) and data.get("schema") != SCHEMA_VERSION:
         raise BaselineError(
-            f"{path}: schema {schema!r} is not supported (this pytest-llmperf reads schema {SCHEMA_VERSION}); "
-            "re-record it with `pytest -m perf --update-baselines`"
+            f"{path}: schema {data.get('schema')!r} is not supported (this pytest-llmperf reads schema "
+            f"{SCHEMA_VERSION}); re-record it with `pytest -m perf --update-baselines`"
         )
-    test = data.get("test")
-    _require(isinstance(test, str) and bool(test), path, "'test' must be the test's node id")
-    assert isinstance(test, str)
-    others = data.get("other_hardware", {})
-    _require(isinstance(others, dict), path, "'other_hardware' must be an object of hardware class -> entry")
-    candidates: list[tuple[str, object, str | None, bool]] = [
-        (str(path), data, hardware_class(data.get("fingerprint")), False)
+    found = schemas.problem(data, "baseline", "file")
+    _require(found is None, path, str(found))
+    assert isinstance(data, dict)
+    test = data["test"]
+    candidates: list[tuple[str, tuple[str, ...], object, str | None, bool]] = [
+        (str(path), (), data, hardware_class(data.get("fingerprint")), False)
     ]
-    candidates += [(f"{path} (other_hardware[{key!r}])", entry, key or None, True) for key, entry in others.items()]
+    candidates += [(f"{path} (other_hardware[{key!r}])", ("other_hardware", key), entry, key or None, True)
+                   for key, entry in data.get("other_hardware", {}).items()]
     file = BaselineFile(test, [])
     seen: list[str | None] = []
-    for where, entry_data, key, nested in candidates:
+    for where, at, entry_data, key, nested in candidates:
         seen.append(key)
         try:
-            _require(isinstance(entry_data, dict), where, "must be an object with 'metrics' and 'fingerprint'")
+            found = schemas.problem(entry_data, "baseline", "entry", at)
+            _require(found is None, path, str(found))
             assert isinstance(entry_data, dict)
             entry = _parse_entry(entry_data, test, where)
             # An entry that names no hardware is stored under "" (JSON keys are strings).
-            found = entry.hardware_class
-            _require(not nested or found == key, where, f"its fingerprint's hardware.class is {found!r}")
+            found_class = entry.hardware_class
+            _require(not nested or found_class == key, where, f"its fingerprint's hardware.class is {found_class!r}")
         except BaselineError as error:
             file.unreadable[key] = str(error)
             continue
@@ -246,39 +247,26 @@ def parse_baseline(data: object, path: Path) -> BaselineFile:
 
 
 def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
-    """One hardware class's entry; ``path`` names the file (and the entry, for ``other_hardware``)."""
-    raw_metrics = data.get("metrics")
-    _require(isinstance(raw_metrics, dict), path, "'metrics' must be an object of metric name -> record")
-    assert isinstance(raw_metrics, dict)
+    """One hardware class's entry, its shape already checked against the schema; ``path`` names the file (and
+    the entry, for ``other_hardware``)."""
     metrics: dict[str, MetricRecord] = {}
-    for name, record in raw_metrics.items():
+    for name, record in data["metrics"].items():
         try:
             spec = metric_spec(name)
         except LlmperfError as error:
             raise BaselineError(f"{path}: {error}") from None
-        _require(isinstance(record, dict), path, f"metric {name!r} must be an object with a 'value'")
-        value = record.get("value")
+        value, samples = record["value"], record.get("samples", [])
         _require(_finite_number(value), path, f"metric {name!r} has value {value!r}; a finite number is required")
-        samples = record.get("samples", [])
-        _require(
-            isinstance(samples, list) and all(_finite_number(sample) for sample in samples),
-            path,
-            f"metric {name!r} has samples {samples!r}; a list of finite numbers is required",
-        )
+        _require(all(_finite_number(sample) for sample in samples), path,
+                 f"metric {name!r} has samples {samples!r}; a list of finite numbers is required")
         if spec.unit not in ("score", "nats"):
             _require(value >= 0 and all(s >= 0 for s in samples), path, f"metric {name!r} cannot be negative")
         stderr = record.get("stderr")
-        _require(
-            stderr is None or (_finite_number(stderr) and stderr >= 0),
-            path,
-            f"metric {name!r} has stderr {stderr!r}; a finite number >= 0 is required",
-        )
+        _require(stderr is None or _finite_number(stderr), path,
+                 f"metric {name!r} has stderr {stderr!r}; a finite number >= 0 is required")
         speeds = record.get("machine_speeds", [])
-        _require(
-            isinstance(speeds, list) and all(_finite_number(x) and x > 0 for x in speeds)
-            and len(speeds) in (0, len(samples)),
-            path, f"metric {name!r} has machine_speeds {speeds!r}; one positive number per sample is required",
-        )
+        _require(all(_finite_number(x) for x in speeds) and len(speeds) in (0, len(samples)), path,
+                 f"metric {name!r} has machine_speeds {speeds!r}; one positive number per sample is required")
         documents = None
         if record.get("documents") is not None:
             try:
@@ -289,18 +277,11 @@ def _parse_entry(data: dict[str, Any], test: str, path: Path | str) -> Baseline:
             float(value), [float(sample) for sample in samples], None if stderr is None else float(stderr),
             [float(x) for x in speeds], documents,
         )
-    fingerprint = data.get("fingerprint", {})
-    _require(isinstance(fingerprint, dict), path, "'fingerprint' must be an object")
-    workload = data.get("workload", {})
-    _require(isinstance(workload, dict), path, "'workload' must be an object")
     quality = data.get("quality")
-    _require(
-        quality is None
-        or (isinstance(quality, dict) and all(v is None or _finite_number(v) for v in quality.values())),
-        path, "'quality' must be an object of figure name -> number or null",
-    )
-    return Baseline(test=test, metrics=metrics, fingerprint=fingerprint, workload=workload,
-                    reference=data.get("reference"), quality=quality)
+    _require(quality is None or all(v is None or _finite_number(v) for v in quality.values()), path,
+             "'quality' must be an object of figure name -> number or null")
+    return Baseline(test=test, metrics=metrics, fingerprint=data.get("fingerprint", {}),
+                    workload=data.get("workload", {}), reference=data.get("reference"), quality=quality)
 
 
 _MISSING = object()

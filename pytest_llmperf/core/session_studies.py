@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.core import schemas
 from pytest_llmperf.core.baseline import hardware_class, study_path, write_atomically
 from pytest_llmperf.core.fingerprint import diff
 from pytest_llmperf.core.locks import machine_lock
@@ -60,13 +61,14 @@ def point_info(nodeid: str, rule: Mapping[str, Any], params: Mapping[str, Any], 
     if missing:
         raise LlmperfError(f"{nodeid}: perf_study axis {missing[0]!r} is not a parameter of the test; parametrize it "
                            f"(@pytest.mark.parametrize({missing[0]!r}, [...])) or name one of {sorted(params)}")
-    point = {name: _plain(params[name]) for name in spec.axis}
+    point = {name: _scalar_or_text(params[name]) for name in spec.axis}
     return {"study": study_id(nodeid), "rule": dict(rule), "size": size, "params": point,
             "label": ", ".join(f"{name}={value}" for name, value in point.items()),
             "indices": {name: int(indices.get(name, 0)) for name in spec.axis}}
 
 
-def _plain(value: Any) -> Any:
+def _scalar_or_text(value: Any) -> Any:
+    """A parameter value as it is when it is a JSON scalar, else its text (a point's params and label)."""
     return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
 
 
@@ -212,10 +214,13 @@ def load_choice(path: Path, hardware: str, study: str | None = None) -> dict[str
 
 
 def _study_document(data: object, path: Path, study: str | None) -> dict[str, Any]:
-    """``data`` if it is a study file (of ``study``) that ``store_choice`` can update without losing anything."""
-    if not isinstance(data, dict) or data.get("schema") != STUDY_SCHEMA or not isinstance(data.get("choices"), dict):
-        raise BaselineError(f"{path}: not a schema-{STUDY_SCHEMA} study file (a 'choices' object is required); it "
-                            "was not overwritten: fix it, or delete it and run `pytest -m perf --update-baselines`")
+    """``data`` if it is a study file (of ``study``) that ``store_choice`` can update without losing anything:
+    checked against ``schemas/study.schema.json`` (the file's keys; the entries are checked one at a time)."""
+    found = schemas.problem(data, "study", "file")
+    if found is not None:
+        raise BaselineError(f"{path}: not a schema-{STUDY_SCHEMA} study file ({found}); it was not overwritten: "
+                            "fix it, or delete it and run `pytest -m perf --update-baselines`")
+    assert isinstance(data, dict)
     if study is not None and data.get("study") != study:
         raise BaselineError(f"{path}: holds study {data.get('study')!r}, not {study!r}; it was not overwritten: "
                             "move it if the study was renamed")
@@ -223,32 +228,16 @@ def _study_document(data: object, path: Path, study: str | None) -> dict[str, An
 
 
 def _entry(choices: Mapping[str, Any], path: Path, hardware: str, study: str) -> dict[str, Any] | None:
-    """The entry of ``hardware`` in ``choices``, checked: an object whose ``point`` is an object of knob -> value."""
+    """The entry of ``hardware`` in ``choices``, checked against the study schema's ``choice``."""
     if hardware not in choices:
         return None
     entry = choices[hardware]
-    where = f"hardware class {hardware!r}"
-    problem = None
-    if not isinstance(entry, dict):
-        problem = f"the entry of {where} must be an object with a 'point', got {_kind(entry)}"
-    elif "point" not in entry:
-        problem = f"the entry of {where} has no 'point'"
-    elif not isinstance(entry["point"], dict) or not all(
-            isinstance(value, (str, int, float, bool)) or value is None for value in entry["point"].values()):
-        problem = f"the operating point of {where} must be an object of knob -> value, got {_kind(entry['point'])}"
-    elif not isinstance(entry.get("fingerprint", {}), dict):
-        problem = f"the fingerprint of {where} must be an object, got {_kind(entry['fingerprint'])}"
-    if problem is not None:
-        raise BaselineError(f"{path}: {problem}; it was not overwritten: fix it, or delete that entry and run "
-                            f"{accept_command(study)}")
+    found = schemas.problem(entry, "study", "choice", ("choices", hardware))
+    if found is not None:
+        raise BaselineError(f"{path}: the entry of hardware class {hardware!r} {found}; it was not overwritten: "
+                            f"fix it, or delete that entry and run {accept_command(study)}")
     assert isinstance(entry, dict)
     return entry
-
-
-def _kind(value: object) -> str:
-    """``a list``, ``a str``, ``an int``: what a JSON value of the wrong type is, for messages."""
-    name = "null" if value is None else type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def store_choice(path: Path, study: str, hardware: str, spec: StudySpec, choice: Choice) -> None:
