@@ -1,5 +1,6 @@
-"""``benchmarks/gpu_check.py`` in its CPU mode, the test-only torch engine (``perf_tests/torch_engine.py``) on the
-CPU (the tracker's per-process view where NVML cannot vouch for a number is tested in tests/test_gpu.py).
+"""``benchmarks/gpu_check.py`` (its sections in ``benchmarks/gpu_sections/``) in its CPU mode, the test-only torch
+engine (``perf_tests/torch_engine.py``) on the CPU (the tracker's per-process view where NVML cannot vouch for a
+number is tested in tests/test_gpu.py).
 
 There is no GPU here, so the script must run every section that needs none (the tracker's "unavailable", the
 marker's skips and strict failures, xdist without pinning, the GPU tests' skips) and report every GPU-only number
@@ -39,7 +40,12 @@ def _load(name: str, path: Path) -> ModuleType:
     return module
 
 
-gpu_check = _load("gpu_check", SCRIPT)
+gpu_check = _load("gpu_check", SCRIPT)  # which puts benchmarks/ on sys.path for its gpu_sections package
+#: The sections' modules, named after their sections.
+visible_devices = importlib.import_module("gpu_sections.devices")
+gpu_marker = importlib.import_module("gpu_sections.marker")
+xdist_pinning = importlib.import_module("gpu_sections.pinning")
+torch_gate = importlib.import_module("gpu_sections.torch_gate")
 
 
 @pytest.fixture(scope="module")
@@ -110,17 +116,17 @@ def test_cpu_parts_behave_as_without_a_gpu(cpu_run: tuple[int, dict[str, Any], s
 
 
 def test_expected_outcomes_and_pinning() -> None:
-    assert gpu_check.expected_marker_outcomes(1, 140.4, strict=False) == {
+    assert gpu_marker.expected_marker_outcomes(1, 140.4, strict=False) == {
         "test_default": "passed", "test_fits": "passed", "test_two_gpus": "skipped", "test_too_big": "skipped",
         "test_records_hardware_class": "passed"}
-    assert set(gpu_check.expected_marker_outcomes(0, None, strict=True).values()) == {"error"}
-    assert gpu_check.expected_pinning(["GPU-a"], None) == {"gw0": "GPU-a", "gw1": ""}
-    assert gpu_check.expected_pinning(["GPU-a", "GPU-b", "GPU-c", "GPU-d"], None) == {"gw0": "GPU-a,GPU-b",
-                                                                                      "gw1": "GPU-c,GPU-d"}
-    assert gpu_check.expected_pinning([], "3") == {"gw0": "3", "gw1": "3"}
-    cases = gpu_check.visible_cases("GPU-0123abcd-4567")
+    assert set(gpu_marker.expected_marker_outcomes(0, None, strict=True).values()) == {"error"}
+    assert xdist_pinning.expected_pinning(["GPU-a"], None) == {"gw0": "GPU-a", "gw1": ""}
+    assert xdist_pinning.expected_pinning(["GPU-a", "GPU-b", "GPU-c", "GPU-d"], None) == {"gw0": "GPU-a,GPU-b",
+                                                                                          "gw1": "GPU-c,GPU-d"}
+    assert xdist_pinning.expected_pinning([], "3") == {"gw0": "3", "gw1": "3"}
+    cases = visible_devices.visible_cases("GPU-0123abcd-4567")
     assert cases["UUID prefix (12 chars)"] == "GPU-0123abcd" and cases["UUID without 'GPU-'"] == "0123abcd-4567"
-    assert gpu_check.visible_cases(None) == {"unset": None, "empty": ""}
+    assert visible_devices.visible_cases(None) == {"unset": None, "empty": ""}
 
 
 def test_sections_by_name_or_number_and_prepare(tmp_path: Path) -> None:
@@ -138,7 +144,7 @@ def test_sections_by_name_or_number_and_prepare(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
     pytest.importorskip("torch")
-    built = gpu_check.torch_engine_module().TorchAdditionEngine("addition-full-f16", device="cpu", threads=1)
+    built = torch_gate.torch_engine_module().TorchAdditionEngine("addition-full-f16", device="cpu", threads=1)
     yield built
     built.close()
 
@@ -147,7 +153,7 @@ def test_torch_engine_matches_llama_cpp(engine: Any) -> None:
     from pytest_llmperf.assets.addition import answer, encode, heldout_pairs, prompt
     from pytest_llmperf.assets.model import trained_model_path
 
-    train = gpu_check.torch_engine_module().training_module()
+    train = torch_gate.torch_engine_module().training_module()
     llm = train.load_llama(trained_model_path("addition-full-f16"))  # F32 KV cache, as the training check
     try:
         pairs = heldout_pairs()[::250]
@@ -177,7 +183,7 @@ def test_forward_runs_on_the_engine_device() -> None:
     """The training forward makes its rotary tables with ``torch.arange`` and no device; on a GPU they must follow
     the activations. The "meta" device stands in for CUDA: a CPU table meeting meta activations fails the same way."""
     torch = pytest.importorskip("torch")
-    engines = gpu_check.torch_engine_module()
+    engines = torch_gate.torch_engine_module()
     on_meta = engines.TorchAdditionEngine(device="meta")
     tokens = torch.zeros((2, 5), dtype=torch.long, device="meta")
     with pytest.raises(RuntimeError, match="not on the expected device meta"):  # the forward alone, off the CPU
@@ -188,7 +194,7 @@ def test_forward_runs_on_the_engine_device() -> None:
 
 def test_torch_engine_bad_settings_are_named() -> None:
     pytest.importorskip("torch")
-    engines = gpu_check.torch_engine_module()
+    engines = torch_gate.torch_engine_module()
     with pytest.raises(EngineError, match="dtype='float64'"):
         engines.TorchAdditionEngine(device="cpu", dtype="float64")
     with pytest.raises(EngineError, match="torch sees no CUDA GPU"):
@@ -199,7 +205,7 @@ def test_torch_engine_through_llmperf_measure_on_cpu() -> None:
     """The script's in-process part of the torch gate, here on the CPU: the model adds, the workload's tokens
     are all there, and every NVML number is None (no GPU), never 0."""
     pytest.importorskip("torch")
-    result = gpu_check.torch_in_process("cpu", (2,), pairs=20)
+    result = torch_gate.torch_in_process("cpu", (2,), pairs=20)
     assert result["heldout_exact_match"] >= 0.9
     (row,) = result["measure"]
     assert row["completion_tok_s"] > 0 and row["tpot_p50"] > 0
