@@ -53,11 +53,11 @@ def test_bench_measures_each_repetition(engine, monkeypatch: pytest.MonkeyPatch)
     assert result.pp_tok_s == pytest.approx(sum(result.pp) / 3)  # llama-bench's mean, for the side-by-side
     # The gate's figure is the median, like every other speed metric (issue 25: the mean got a point comparison).
     assert result.metrics() == {"pp_tok_s": statistics.median(result.pp), "tg_tok_s": statistics.median(result.tg)}
-    assert result.tg_sd == pytest.approx(statistics.stdev(result.tg))
-    assert result.describe() == (f"pp32 {result.pp_tok_s:.2f} +- {result.pp_sd:.2f} t/s, "
-                                 f"tg8 {result.tg_tok_s:.2f} +- {result.tg_sd:.2f} t/s")
+    assert result.sd('tg') == pytest.approx(statistics.stdev(result.tg))
+    assert result.describe() == (f"pp32 {result.pp_tok_s:.2f} +- {result.sd('pp'):.2f} t/s, "
+                                 f"tg8 {result.tg_tok_s:.2f} +- {result.sd('tg'):.2f} t/s")
     only_tg = bench(engine, n_prompt=0, n_gen=4, repetitions=1)
-    assert only_tg.pp == () and len(only_tg.tg) == 1 and only_tg.pp_tok_s is None and only_tg.tg_sd is None
+    assert only_tg.pp == () and len(only_tg.tg) == 1 and only_tg.pp_tok_s is None and only_tg.sd('tg') is None
     assert only_tg.describe().startswith("pp0 -, tg4 ")
     with pytest.raises(LlmperfError, match="n_prompt must be a non-negative integer"):
         bench(engine, n_prompt=-1)

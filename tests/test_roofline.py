@@ -6,7 +6,7 @@ import pytest
 
 from pytest_llmperf.assets.model import DEFAULT_SPEC, default_model_path
 from pytest_llmperf.errors import LlmperfError
-from pytest_llmperf.measure.roofline import Roofline, memory_bandwidth, nvml_bandwidth, weight_bytes_per_token
+from pytest_llmperf.measure.roofline import Roofline, memory_bandwidth, weight_bytes_per_token
 
 
 def test_a_token_reads_every_f16_weight_but_one_embedding_row() -> None:
@@ -34,17 +34,3 @@ def test_measured_bandwidth_is_positive_and_cached() -> None:
         memory_bandwidth(0)
 
 
-def test_nvml_bandwidth_is_double_data_rate_times_bus_width() -> None:
-    class FakeNvml:
-        NVML_CLOCK_MEM = 2
-
-        @staticmethod
-        def nvmlDeviceGetMaxClockInfo(handle, clock):
-            assert clock == 2
-            return 2619
-
-        @staticmethod
-        def nvmlDeviceGetMemoryBusWidth(handle):
-            return 5120
-
-    assert nvml_bandwidth(FakeNvml, object()) == pytest.approx(2 * 2619e6 * 5120 / 8)

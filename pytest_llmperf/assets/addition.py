@@ -15,10 +15,10 @@ SPM never merges; a character outside the vocabulary falls back to its UTF-8 byt
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_llmperf.assets.shape import LlamaShape
 from pytest_llmperf.errors import LlmperfError
 
 if TYPE_CHECKING:
@@ -48,26 +48,9 @@ _FIRST_NORMAL_ID = _FIRST_BYTE_ID + _N_BYTE_TOKENS
 _PIECE_IDS = {piece: _FIRST_NORMAL_ID + index for index, piece in enumerate(NORMAL_PIECES)}
 
 
-@dataclass(frozen=True)
-class AdditionModelConfig:
-    """Shape of the addition Llama. Row widths are multiples of 256 so Q4_K quantises every tensor."""
-
-    n_vocab: int = N_VOCAB
-    n_embd: int = 256
-    n_layer: int = 2
-    n_head: int = 4
-    n_head_kv: int = 4
-    n_ff: int = 512
-    context_length: int = 256
-    rms_eps: float = 1e-5
-    rope_base: float = 10000.0
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-
-DEFAULT_CONFIG = AdditionModelConfig()
+#: The addition model's shape (``tools/train_addition_model.py`` trains it; hf_checkpoint converts it).
+AdditionModelConfig = LlamaShape
+DEFAULT_CONFIG = LlamaShape(n_vocab=N_VOCAB, n_embd=256, n_layer=2, n_head=4, n_head_kv=4, n_ff=512, context_length=256)
 
 
 # --- the task ------------------------------------------------------------------------------------------------

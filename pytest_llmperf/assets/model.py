@@ -19,8 +19,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from pytest_llmperf.assets.shape import LlamaShape
 from pytest_llmperf.core.fingerprint import file_sha256
 from pytest_llmperf.errors import LlmperfError
 
@@ -48,18 +49,9 @@ _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass(frozen=True)
-class TinyLlamaSpec:
-    """Shape of the embedded model. Row widths are multiples of 256 so Q4_K quantises every tensor."""
+class TinyLlamaSpec(LlamaShape):
+    """Shape of the embedded model, and the seed of its random weights."""
 
-    n_vocab: int = 4096
-    n_embd: int = 512
-    n_layer: int = 8
-    n_head: int = 8
-    n_head_kv: int = 8
-    n_ff: int = 1536
-    context_length: int = 4096
-    rms_eps: float = 1e-5
-    rope_base: float = 10000.0
     seed: int = 1234
 
     def cache_key(self) -> str:
@@ -67,7 +59,7 @@ class TinyLlamaSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-DEFAULT_SPEC = TinyLlamaSpec()
+DEFAULT_SPEC = TinyLlamaSpec(n_vocab=4096, n_embd=512, n_layer=8, n_head=8, n_head_kv=8, n_ff=1536, context_length=4096)
 
 
 def cache_dir() -> Path:
@@ -123,27 +115,6 @@ def _token_types(pieces: list[str]) -> list[int]:
         else:
             types.append(gguf.TokenType.NORMAL)
     return [int(t) for t in types]
-
-
-class LlamaShape(Protocol):
-    """The hyperparameters a llama-architecture GGUF header records (``TinyLlamaSpec``, ``AdditionModelConfig``)."""
-
-    @property
-    def n_embd(self) -> int: ...
-    @property
-    def n_layer(self) -> int: ...
-    @property
-    def n_head(self) -> int: ...
-    @property
-    def n_head_kv(self) -> int: ...
-    @property
-    def n_ff(self) -> int: ...
-    @property
-    def context_length(self) -> int: ...
-    @property
-    def rms_eps(self) -> float: ...
-    @property
-    def rope_base(self) -> float: ...
 
 
 def write_llama_metadata(

@@ -303,14 +303,8 @@ def metrics_from_results(results: Mapping[str, Any]) -> tuple[dict[str, float], 
 
 
 def evaluate(
-    lm: Any,
-    tasks: Sequence[str],
-    *,
-    limit: int | float | None = None,
-    num_fewshot: int | None = None,
-    batch_size: int | str | None = None,
-    seed: int = 1234,
-    **evaluate_kwargs: Any,
+    lm: Any, tasks: Sequence[str], *, limit: int | float | None = None, num_fewshot: int | None = None,
+    batch_size: int | str | None = None, seed: int = 1234, **evaluate_kwargs: Any,
 ) -> AccuracyResult:
     """Score ``tasks`` with ``lm`` (an lm-eval ``LM``) through ``lm_eval.simple_evaluate``."""
     try:

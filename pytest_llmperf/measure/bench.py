@@ -67,13 +67,9 @@ class BenchResult:
     def tg_tok_s(self) -> float | None:
         return self._mean(self.tg)
 
-    @property
-    def pp_sd(self) -> float | None:
-        return self._sd(self.pp)
-
-    @property
-    def tg_sd(self) -> float | None:
-        return self._sd(self.tg)
+    def sd(self, phase: str) -> float | None:
+        """The standard deviation over the repetitions of ``phase`` ("pp" or "tg"), as llama-bench prints it."""
+        return self._sd(self.pp if phase == "pp" else self.tg)
 
     def metrics(self) -> dict[str, float | None]:
         """The gated figures: the median over the repetitions, like every other speed metric (the verdict's
@@ -89,8 +85,8 @@ class BenchResult:
         def one(name: str, mean: float | None, sd: float | None, n: int) -> str:
             return f"{name}{n} {mean:.2f} +- {sd or 0:.2f} t/s" if mean is not None else f"{name}{n} -"
 
-        pp = one("pp", self.pp_tok_s, self.pp_sd, self.n_prompt)
-        return f"{pp}, {one('tg', self.tg_tok_s, self.tg_sd, self.n_gen)}"
+        pp = one("pp", self.pp_tok_s, self.sd("pp"), self.n_prompt)
+        return f"{pp}, {one('tg', self.tg_tok_s, self.sd('tg'), self.n_gen)}"
 
 
 def check_counts(**counts: int) -> None:

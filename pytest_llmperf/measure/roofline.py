@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pytest_llmperf.errors import LlmperfError
 
@@ -104,14 +103,6 @@ def roofline(model_path: str | Path, tg_tok_s: float | None, *, threads: int = 1
     generated token reads (bytes per cached token x the mean context length)."""
     return Roofline(memory_bandwidth(threads), weight_bytes_per_token(model_path), kv_bytes_per_token, n_seq,
                     tg_tok_s)
-
-
-def nvml_bandwidth(pynvml: Any, handle: Any) -> float:
-    """A GPU's peak memory bandwidth in bytes/s from NVML: ``2 x max memory clock x bus width / 8`` (double data
-    rate). Not verified on a GPU here (docs/gpus.md)."""
-    clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
-    bus_bits = pynvml.nvmlDeviceGetMemoryBusWidth(handle)
-    return 2.0 * float(clock_mhz) * 1e6 * float(bus_bits) / 8
 
 
 def describe(metrics: Mapping[str, float | None]) -> str:
