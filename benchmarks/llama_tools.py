@@ -1,7 +1,7 @@
 """Build llama.cpp's own ``llama-bench``, ``llama-batched-bench`` and ``llama-server`` from the llama.cpp vendored
 in the installed llama-cpp-python's sdist, with the same portable CMAKE_ARGS as the wheel (docs/development.md), so
 both sides of a side-by-side comparison run the same kernels. The ``llama_server`` preset of the openai backend
-finds the built ``llama-server`` here when none is on PATH (``pytest_llmperf.engines.openai.llama_tool``).
+finds the built ``llama-server`` here when none is on PATH (``pytest_llmperf.engines.server.llama_tool``).
 
 The sdist comes from the package registry (``pip download llama-cpp-python==<installed> --no-binary``); the build
 goes to ``<cache dir>/llama-tools/<version>/`` and is reused. Only the three tools are built.

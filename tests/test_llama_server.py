@@ -14,7 +14,7 @@ import pytest
 
 from pytest_llmperf.core.workload import Workload
 from pytest_llmperf.engines import create_engine
-from pytest_llmperf.engines.openai import llama_tool
+from pytest_llmperf.engines.server import llama_tool
 from pytest_llmperf.errors import EngineUnavailable, LlmperfError
 from pytest_llmperf.measure.accuracy import evaluate
 from pytest_llmperf.measure.runner import run_workload

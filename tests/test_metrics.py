@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf.core.metrics import compute_metrics
+from pytest_llmperf.core.metrics import compute_metrics, request_tpot
 from pytest_llmperf.core.workload import RequestRecord, Workload
 from pytest_llmperf.errors import LlmperfError
 
@@ -34,6 +34,13 @@ def test_single_token_requests_have_no_tpot() -> None:
     assert metrics["tpot_p50"] is None  # unavailable, never 0
     assert metrics["itl_mean"] is None
     assert metrics["ttft_p50"] == pytest.approx(0.5)
+
+
+def test_one_requests_tpot() -> None:
+    record = RequestRecord(t_send=0.0, t_done=1.0, prompt_tokens=4, output_tokens=4, chunk_times=[0.4, 0.6, 0.8, 1.0])
+    assert request_tpot(record) == pytest.approx(0.2)  # (1.0 - 0.4) / 3
+    assert request_tpot(RequestRecord(0.0, 0.5, 4, 1, [0.5])) is None  # one token: no time per output token
+    assert request_tpot(RequestRecord(0.0, 0.5, 4, 3, [])) is None  # no first-token time
 
 
 def test_no_records_is_an_error() -> None:

@@ -223,6 +223,21 @@ def test_bad_config_is_named(config: dict[str, Any], message: str) -> None:
         OpenAIEngine(**config)
 
 
+def test_a_bad_knob_read_after_the_launch_stops_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_llmperf.engines import openai
+
+    real, launched = openai.launch_server, []
+
+    def launch_server(*args: Any, **kwargs: Any) -> Any:
+        launched.append(real(*args, **kwargs))
+        return launched[-1]
+
+    monkeypatch.setattr(openai, "launch_server", launch_server)
+    with pytest.raises(EngineError, match="eos='never' is not one of"):
+        scripted("ok", eos="never")
+    assert len(launched) == 1 and gone(launched[0].server.pid)  # stopped at once, not at exit
+
+
 def test_api_key_reaches_the_server_but_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCRIPTED_KEY", "sk-scripted-secret-4411")
     monkeypatch.setenv("MY_KEY", "sk-scripted-secret-4411")

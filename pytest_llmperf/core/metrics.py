@@ -55,11 +55,19 @@ PORTABLE_METRICS = frozenset({
     # that runs the build (measure/instructions.py; the build's CPU features are in the fingerprint).
     "pp_instructions_per_token", "tg_instructions_per_token",
 })
-#: The KV cache as the engine sizes it (vLLM's ``Maximum concurrency for L tokens per request: X`` log line):
-#: name -> (unit, direction).
-_KV_METRICS: dict[str, tuple[Unit, Direction]] = {"kv_max_concurrency": ("x", "higher")}
-#: Capacity (``measure/bench.py``, ``measure/roofline.py``): name -> (unit, direction).
-_CAPACITY_METRICS: dict[str, tuple[Unit, Direction]] = {
+#: Metrics with a fixed name: name -> (unit, direction). Portable ones are in ``PORTABLE_METRICS``.
+_NAMED_METRICS: dict[str, tuple[Unit, Direction]] = {
+    # GPU readings from NVML (``gpu.NvmlTracker``).
+    "gpu_util_pct": ("%", "higher"),
+    "gpu_power_w": ("W", "lower"),
+    "gpu_energy_j": ("J", "lower"),
+    "gpu_j_per_token": ("J/token", "lower"),
+    # Logit fidelity against a stored reference (``fidelity.py``).
+    "kl_mean": ("nats", "lower"),
+    "kl_max": ("nats", "lower"),
+    "top1_agree": ("score", "higher"),
+    "ref_logprob_mean": ("nats", "higher"),
+    # Capacity (``measure/bench.py``, ``measure/roofline.py``).
     "pp_tok_s": ("tok/s", "higher"),
     "tg_tok_s": ("tok/s", "higher"),
     "tg_roofline_pct": ("%", "higher"),
@@ -67,25 +75,11 @@ _CAPACITY_METRICS: dict[str, tuple[Unit, Direction]] = {
     "bandwidth_gb_s": ("GB/s", "higher"),
     "max_concurrency": ("x", "higher"),
     "goodput_req_s": ("req/s", "higher"),
-}
-#: Instructions llama.cpp executes per token, counted under callgrind (``measure/instructions.py``).
-_INSTRUCTION_METRICS: dict[str, tuple[Unit, Direction]] = {
+    # The KV cache as the engine sizes it (vLLM's ``Maximum concurrency for L tokens per request: X`` log line).
+    "kv_max_concurrency": ("x", "higher"),
+    # Instructions llama.cpp executes per token, counted under callgrind (``measure/instructions.py``).
     "pp_instructions_per_token": ("instr/token", "lower"),
     "tg_instructions_per_token": ("instr/token", "lower"),
-}
-#: GPU readings from NVML (``gpu.NvmlTracker``): name -> (unit, direction).
-_GPU_METRICS: dict[str, tuple[Unit, Direction]] = {
-    "gpu_util_pct": ("%", "higher"),
-    "gpu_power_w": ("W", "lower"),
-    "gpu_energy_j": ("J", "lower"),
-    "gpu_j_per_token": ("J/token", "lower"),
-}
-#: Logit fidelity against a stored reference (``fidelity.py``): name -> (unit, direction).
-_FIDELITY_METRICS: dict[str, tuple[Unit, Direction]] = {
-    "kl_mean": ("nats", "lower"),
-    "kl_max": ("nats", "lower"),
-    "top1_agree": ("score", "higher"),
-    "ref_logprob_mean": ("nats", "higher"),
 }
 # lm-eval metrics where lower is better; every other ``task.metric`` is higher-is-better.
 _LOWER_IS_BETTER_ACCURACY = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter"}
@@ -141,21 +135,9 @@ def metric_spec(name: str) -> MetricSpec:
         return MetricSpec(name, "lower", "s")
     if _MEMORY_NAME.match(name):
         return MetricSpec(name, "lower", "GiB", name in PORTABLE_METRICS)
-    if name in _GPU_METRICS:
-        unit, direction = _GPU_METRICS[name]
-        return MetricSpec(name, direction, unit)
-    if name in _FIDELITY_METRICS:
-        unit, direction = _FIDELITY_METRICS[name]
-        return MetricSpec(name, direction, unit, portable=True)
-    if name in _CAPACITY_METRICS:
-        unit, direction = _CAPACITY_METRICS[name]
-        return MetricSpec(name, direction, unit)
-    if name in _KV_METRICS:
-        unit, direction = _KV_METRICS[name]
-        return MetricSpec(name, direction, unit, portable=True)
-    if name in _INSTRUCTION_METRICS:
-        unit, direction = _INSTRUCTION_METRICS[name]
-        return MetricSpec(name, direction, unit, portable=True)
+    if name in _NAMED_METRICS:
+        unit, direction = _NAMED_METRICS[name]
+        return MetricSpec(name, direction, unit, name in PORTABLE_METRICS)
     if "." in name:
         metric = name.rsplit(".", 1)[1].split(",", 1)[0]
         return MetricSpec(name, "lower" if metric in _LOWER_IS_BETTER_ACCURACY else "higher", "score", portable=True)
@@ -187,8 +169,7 @@ def all_metric_names() -> list[str]:
     latency = [f"{family}_{stat}" for family in LATENCY_FAMILIES for stat in ("p50", "p90", "p95", "p99", "mean")]
     memory = ["rss_peak_gib", "mem_max_gib", "mem_mean_gib", "mem_process_gib", "kv_cache_gib_predicted",
               "kv_cache_gib_measured", *ENGINE_MEMORY_METRICS]
-    return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_GPU_METRICS, *_FIDELITY_METRICS,
-            *_CAPACITY_METRICS, *_KV_METRICS, *_INSTRUCTION_METRICS]
+    return [*THROUGHPUT_METRICS, *latency, "wall_time_s", *memory, *_NAMED_METRICS]
 
 
 def latency_stats(family: str, samples: Sequence[float]) -> dict[str, float | None]:
@@ -202,6 +183,14 @@ def latency_stats(family: str, samples: Sequence[float]) -> dict[str, float | No
     stats: dict[str, float | None] = {f"{family}_p{p}": float(np.percentile(values, p)) for p in PERCENTILES}
     stats[f"{family}_mean"] = float(values.mean())
     return stats
+
+
+def request_tpot(record: RequestRecord) -> float | None:
+    """One request's time per output token after the first: ``(e2e - ttft) / (output_tokens - 1)``; None when
+    its first token's time is unknown or it produced fewer than two tokens."""
+    if record.ttft is None or record.output_tokens <= 1:
+        return None
+    return (record.e2e - record.ttft) / (record.output_tokens - 1)
 
 
 def compute_metrics(records: Sequence[RequestRecord]) -> dict[str, float | None]:
@@ -223,11 +212,7 @@ def compute_metrics(records: Sequence[RequestRecord]) -> dict[str, float | None]
         "wall_time_s": duration,
     }
     ttft = [record.ttft for record in records if record.ttft is not None]
-    tpot = [
-        (record.e2e - record.ttft) / (record.output_tokens - 1)
-        for record in records
-        if record.ttft is not None and record.output_tokens > 1 and record.e2e_known
-    ]
+    tpot = [value for record in records if record.e2e_known and (value := request_tpot(record)) is not None]
     itl = [gap for record in records for gap in record.gaps]
     metrics.update(latency_stats("e2e", [record.e2e for record in records if record.e2e_known]))
     metrics.update(latency_stats("ttft", ttft))

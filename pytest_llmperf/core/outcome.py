@@ -193,23 +193,7 @@ def check_measurement(
     """
     path = baseline_path(baseline_dir, measurement.test)
     current_class = hardware_class(measurement.fingerprint)
-    try:
-        stored = load_baseline(path)
-    except BaselineError:
-        if not update:
-            raise
-        stored = None  # an entry that does not validate is this machine's to replace
-    if stored is not None and stored.test != measurement.test:
-        raise BaselineError(
-            f"{path} holds the baseline of test {stored.test!r}, not of {measurement.test!r}: two tests must not "
-            "share a file; rename one of them, or move the file if the test was renamed"
-        )
-    try:
-        baseline = stored.for_hardware(current_class) if stored is not None else None
-    except BaselineError:
-        if not update:
-            raise
-        baseline = None
+    stored, baseline = _stored_entry(measurement.test, path, current_class, update)
     # No entry of this hardware class: the portable metrics are judged against another class's entry.
     portable = (portable_entry(stored, measurement.fingerprint, measurement.workload)
                 if stored is not None and baseline is None else None)
@@ -224,82 +208,136 @@ def check_measurement(
         measurement.speeds, measurement.documents, measurement.significance,
     ), measurement.unavailable)
     if against is not None and not update:
-        # A gated metric of the baseline that this run did not measure is not a pass.
-        comparisons += [
-            MetricComparison(name, record.value, None, tables_for(per_metric, tolerances, name), Verdict.UNAVAILABLE,
-                             f"{name} is in the baseline but this run did not measure it (if it left the gate on "
-                             f"purpose, re-record: {accept_command(measurement.test)})")
-            for name, record in sorted(against.metrics.items())
-            if name not in measurement.metrics and (baseline is not None or metric_spec(name).portable)
-        ]
+        comparisons += _not_measured(measurement, against, tolerances, per_metric, portable_only=baseline is None)
     outcome = CheckOutcome(measurement.test, path, Status.PASSED, comparisons, changes, list(measurement.warnings))
     outcome.fingerprint, outcome.workload = measurement.fingerprint, measurement.workload
     outcome.quality = summary(measurement.quality) if measurement.quality else {}
     outcome.baseline_quality = baseline.quality if baseline is not None else None
-
     if update:
-        measured = {
-            name: MetricRecord(value, list(measurement.samples.get(name, [value])), measurement.stderr.get(name),
-                               list(measurement.speeds.get(name, [])), measurement.documents.get(name))
-            for name, value in measurement.metrics.items()
-            if value is not None
-        }
-        outcome.pending = Baseline(
-            measurement.test, measured, measurement.fingerprint, measurement.workload, measurement.reference,
-            outcome.quality or None,
-        )
-        outcome.status = Status.UPDATED
-        outcome.message = f"baseline to be written once the test passes: {path}"
-        dropped = sorted(set(baseline.metrics) - set(measured)) if baseline is not None else []
-        if dropped:
-            outcome.alerts.append(
-                f"{measurement.test}: {', '.join(dropped)} {'is' if len(dropped) == 1 else 'are'} in the baseline "
-                f"entry for {current_class!r} but not measured (or unavailable) now: the rewrite drops "
-                f"{'it' if len(dropped) == 1 else 'them'} from {path}"
-            )
-            outcome.warnings.append(outcome.alerts[-1])
+        _prepare_rewrite(outcome, measurement, baseline, current_class)
         return outcome
-
     if stored is None:
         outcome.status = Status.NEW
         outcome.message = (
             f"no baseline for {measurement.test} (expected {path}); record one with: {accept_command(measurement.test)}"
         )
         return outcome
-
     if baseline is None:
-        recorded = ", ".join(repr(name) for name in stored.hardware_classes)
-        not_comparable = (
-            f"the baseline holds it for hardware {recorded}; this machine is {current_class!r}: not comparable "
-            f"(record this class beside them with: {accept_command(measurement.test)})"
-        )
-        if portable is not None:
-            note = f"judged against the entry recorded on {portable.hardware_class!r}: portable metric"
-            outcome.comparisons = [replace(c, note=f"{note}; {c.note}" if c.note else note) for c in comparisons]
-        outcome.comparisons += [
-            MetricComparison(name, None, value, tables_for(per_metric, tolerances, name), Verdict.NOT_COMPARABLE,
-                             not_comparable)
-            for name, value in sorted(measurement.metrics.items()) if name not in judged_now
-        ]
-        outcome.comparisons.sort(key=lambda c: c.metric)
-        if not any(c.verdict is not Verdict.NOT_COMPARABLE for c in outcome.comparisons):
-            outcome.status = Status.NOT_COMPARABLE
-            outcome.message = (
-                f"baseline {path} holds numbers for hardware {recorded}; this machine is {current_class!r}: "
-                f"not comparable. Add this machine's numbers beside them with: {accept_command(measurement.test)}"
-            )
+        _judge_on_other_hardware(outcome, measurement, stored, portable, judged_now, tolerances, per_metric)
+        if outcome.status is Status.NOT_COMPARABLE:
             return outcome
+    _conclude(outcome, measurement.test, changes)
+    return outcome
 
+
+def _stored_entry(
+    test: str, path: Path, current_class: str | None, update: bool
+) -> tuple[BaselineFile | None, Baseline | None]:
+    """The test's baseline file and this hardware class's entry in it (None: none). A file or entry that does
+    not validate is an error in a check, and this machine's to replace under ``update``."""
+    try:
+        stored = load_baseline(path)
+    except BaselineError:
+        if not update:
+            raise
+        stored = None
+    if stored is not None and stored.test != test:
+        raise BaselineError(
+            f"{path} holds the baseline of test {stored.test!r}, not of {test!r}: two tests must not "
+            "share a file; rename one of them, or move the file if the test was renamed"
+        )
+    try:
+        return stored, stored.for_hardware(current_class) if stored is not None else None
+    except BaselineError:
+        if not update:
+            raise
+        return stored, None
+
+
+def _not_measured(
+    measurement: Measurement, against: Baseline, tolerances: ToleranceTable,
+    per_metric: Mapping[str, ToleranceTable] | None, *, portable_only: bool,
+) -> list[MetricComparison]:
+    """A gated metric of the baseline that this run did not measure: unavailable, never a pass."""
+    return [
+        MetricComparison(name, record.value, None, tables_for(per_metric, tolerances, name), Verdict.UNAVAILABLE,
+                         f"{name} is in the baseline but this run did not measure it (if it left the gate on "
+                         f"purpose, re-record: {accept_command(measurement.test)})")
+        for name, record in sorted(against.metrics.items())
+        if name not in measurement.metrics and (not portable_only or metric_spec(name).portable)
+    ]
+
+
+def _prepare_rewrite(
+    outcome: CheckOutcome, measurement: Measurement, baseline: Baseline | None, current_class: str | None
+) -> None:
+    """``--update-baselines``: the entry to write once the test passes, and an alert for every metric the
+    rewrite drops from this class's entry."""
+    measured = {
+        name: MetricRecord(value, list(measurement.samples.get(name, [value])), measurement.stderr.get(name),
+                           list(measurement.speeds.get(name, [])), measurement.documents.get(name))
+        for name, value in measurement.metrics.items()
+        if value is not None
+    }
+    outcome.pending = Baseline(
+        measurement.test, measured, measurement.fingerprint, measurement.workload, measurement.reference,
+        outcome.quality or None,
+    )
+    outcome.status = Status.UPDATED
+    outcome.message = f"baseline to be written once the test passes: {outcome.path}"
+    dropped = sorted(set(baseline.metrics) - set(measured)) if baseline is not None else []
+    if dropped:
+        outcome.alerts.append(
+            f"{measurement.test}: {', '.join(dropped)} {'is' if len(dropped) == 1 else 'are'} in the baseline "
+            f"entry for {current_class!r} but not measured (or unavailable) now: the rewrite drops "
+            f"{'it' if len(dropped) == 1 else 'them'} from {outcome.path}"
+        )
+        outcome.warnings.append(outcome.alerts[-1])
+
+
+def _judge_on_other_hardware(
+    outcome: CheckOutcome, measurement: Measurement, stored: BaselineFile, portable: Baseline | None,
+    judged_now: Mapping[str, float | None], tolerances: ToleranceTable,
+    per_metric: Mapping[str, ToleranceTable] | None,
+) -> None:
+    """No entry of this hardware class: the portable metrics judged against ``portable`` (noted), every other
+    metric not comparable; the whole test not comparable when nothing was judged."""
+    current_class = hardware_class(measurement.fingerprint)
+    recorded = ", ".join(repr(name) for name in stored.hardware_classes)
+    not_comparable = (
+        f"the baseline holds it for hardware {recorded}; this machine is {current_class!r}: not comparable "
+        f"(record this class beside them with: {accept_command(measurement.test)})"
+    )
+    if portable is not None:
+        note = f"judged against the entry recorded on {portable.hardware_class!r}: portable metric"
+        outcome.comparisons = [replace(c, note=f"{note}; {c.note}" if c.note else note) for c in outcome.comparisons]
+    outcome.comparisons += [
+        MetricComparison(name, None, value, tables_for(per_metric, tolerances, name), Verdict.NOT_COMPARABLE,
+                         not_comparable)
+        for name, value in sorted(measurement.metrics.items()) if name not in judged_now
+    ]
+    outcome.comparisons.sort(key=lambda c: c.metric)
+    if not any(c.verdict is not Verdict.NOT_COMPARABLE for c in outcome.comparisons):
+        outcome.status = Status.NOT_COMPARABLE
+        outcome.message = (
+            f"baseline {outcome.path} holds numbers for hardware {recorded}; this machine is "
+            f"{current_class!r}: not comparable. Add this machine's numbers beside them with: "
+            f"{accept_command(measurement.test)}"
+        )
+
+
+def _conclude(outcome: CheckOutcome, test: str, changes: list[str]) -> None:
+    """The test's status and message from its verdicts: regressed (with what changed), not judged, improved."""
     if outcome.regressions:
         outcome.status = Status.REGRESSED
-        lines = [f"performance regression in {measurement.test} (baseline {path}):"]
+        lines = [f"performance regression in {test} (baseline {outcome.path}):"]
         lines += [f"  {c.describe()}" for c in outcome.regressions]
         if changes:
             lines.append("changed since the baseline was recorded:")
             lines += [f"  {change}" for change in changes]
         else:
             lines.append("nothing in the fingerprint or the workload changed since the baseline was recorded")
-        lines.append(f"if the new numbers are expected, accept them with: {accept_command(measurement.test)}")
+        lines.append(f"if the new numbers are expected, accept them with: {accept_command(test)}")
         outcome.message = "\n".join(lines)
     elif any(c.verdict is Verdict.NOT_JUDGED for c in outcome.comparisons):
         outcome.status = Status.NOT_JUDGED
@@ -307,10 +345,8 @@ def check_measurement(
     elif outcome.improvements:
         names = ", ".join(c.metric for c in outcome.improvements)
         outcome.message = (
-            f"{measurement.test} improved beyond tolerance ({names}); "
-            f"record the new numbers with: {accept_command(measurement.test)}"
+            f"{test} improved beyond tolerance ({names}); record the new numbers with: {accept_command(test)}"
         )
-    return outcome
 
 
 def write_pending(outcome: CheckOutcome, test_passed: bool) -> None:

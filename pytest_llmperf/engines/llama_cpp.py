@@ -85,11 +85,20 @@ def _thread_defaults(config: dict[str, Any]) -> list[str]:
     threads = max(int(config["n_threads"]), int(config["n_threads_batch"]))
     free = free_cores()
     if free is not None and threads > free + 0.5:
-        return [
-            f"n_threads={threads} but only {free:.1f} of {os.cpu_count()} cores were free when the run started: "
-            "llama.cpp's threads stall each other when one loses its core (use fewer threads, or a quieter machine)"
-        ]
+        return [threads_warning(threads, free, os.cpu_count() or 1)]
     return []
+
+
+def threads_warning(threads: int, free: float, cores: int) -> str:
+    """What was measured (the cores other processes kept busy), what it does to the numbers, and what to do."""
+    fewer = max(1, int(free + 0.5))
+    harm = ("its thread has to share a core" if threads == 1 else
+            "its threads wait for each other at every step, so one thread without a core of its own stalls them all")
+    advice = f"pass n_threads={fewer} to the engine, or " if fewer < threads else ""
+    return (f"llama.cpp runs {threads} thread{'' if threads == 1 else 's'}, but other processes kept "
+            f"{cores - free:.1f} of this machine's {cores} cores busy when the run started (measured over half a "
+            f"second), leaving {free:.1f} idle: "
+            f"{harm}, and the numbers come out slow and noisy; {advice}run where nothing else keeps the cores busy")
 
 
 _warmed_up = False
@@ -114,14 +123,14 @@ def warm_up() -> None:
     _warmed_up = True
 
 
-def _plain(value: Any) -> Any:
+def _fingerprint_value(value: Any) -> Any:
     """A JSON-safe, run-independent stand-in for a knob value: objects (logits processors, grammars) by type."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [_fingerprint_value(item) for item in value]
     if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): _fingerprint_value(item) for key, item in value.items()}
     return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
 
@@ -222,8 +231,10 @@ class LlamaCppEngine:
         return {
             "backend": self.backend,
             "model_path": str(self.model_path),
-            "engine_config": {key: _plain(value) for key, value in self.engine_config.items() if key != "verbose"},
-            "sampling": {key: _plain(value) for key, value in self.sampling.items()},
+            "engine_config": {
+                key: _fingerprint_value(value) for key, value in self.engine_config.items() if key != "verbose"
+            },
+            "sampling": {key: _fingerprint_value(value) for key, value in self.sampling.items()},
         }
 
     def make_prompt(self, seed: int, n_tokens: int) -> list[int]:

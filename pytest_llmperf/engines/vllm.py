@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.core.processes import process_tree
 from pytest_llmperf.core.workload import Request, RequestRecord
 from pytest_llmperf.errors import EngineError, EngineUnavailable
 
@@ -79,7 +80,7 @@ def _children() -> set[int]:
     import psutil
 
     found = set()
-    for child in psutil.Process().children(recursive=False):
+    for child in process_tree(recursive=False, include_root=False):
         try:
             if any("resource_tracker" in part for part in child.cmdline()):
                 continue

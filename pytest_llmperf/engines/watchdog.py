@@ -26,6 +26,8 @@ import threading
 import time
 from types import FrameType
 
+from pytest_llmperf.core.processes import tree_pids
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 #: Seconds between SIGTERM and SIGKILL when stopping the tree.
@@ -40,12 +42,7 @@ def _prctl(option: int, value: int) -> None:
 
 def _descendants() -> list[int]:
     """The pids of every live descendant of this process (orphans re-parented to it included)."""
-    import psutil
-
-    try:
-        return [child.pid for child in psutil.Process().children(recursive=True)]
-    except psutil.Error:
-        return []
+    return tree_pids(include_root=False)
 
 
 def _signal_all(pids: list[int], signum: int) -> None:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.core.metrics import compute_metrics, metric_spec
+from pytest_llmperf.core.metrics import compute_metrics, metric_spec, request_tpot
 from pytest_llmperf.core.workload import RequestRecord, Workload
 from pytest_llmperf.errors import EngineError, LlmperfError
 
@@ -76,9 +76,7 @@ def goodput(records: list[RequestRecord], slo: Mapping[str, float]) -> float | N
         return None
 
     def good(record: RequestRecord) -> bool:
-        values = {"ttft": record.ttft, "e2e": record.e2e,
-                  "tpot": (record.e2e - record.ttft) / (record.output_tokens - 1)
-                  if record.ttft is not None and record.output_tokens > 1 else None}
+        values = {"ttft": record.ttft, "e2e": record.e2e, "tpot": request_tpot(record)}
         return all(values[family] is not None and values[family] <= limit  # type: ignore[operator]
                    for family, limit in limits.items())
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from pytest_llmperf.core.hardware import GpuDevice, load_nvml, visible_devices
 from pytest_llmperf.core.metrics import GIB
+from pytest_llmperf.core.processes import tree_pids
 
 __all__ = ["GpuDevice", "NvmlTracker", "load_nvml", "visible_devices"]
 
@@ -72,10 +73,7 @@ PIDS_REFRESH_S = 0.5
 
 
 def _default_pids() -> set[int]:
-    import psutil
-
-    me = psutil.Process()
-    return {me.pid, *(child.pid for child in me.children(recursive=True))}
+    return set(tree_pids())
 
 
 class NvmlTracker:

@@ -6,6 +6,8 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from pytest_llmperf.core.processes import process_tree
+
 
 class HostMemorySampler:
     """Peak resident set size, sampled on a background thread while a block runs.
@@ -27,12 +29,7 @@ class HostMemorySampler:
             return int(psutil.Process().memory_info().rss)
         total, read = 0, False
         for pid in self.pids:
-            try:
-                root = psutil.Process(pid)
-                tree = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
-            for process in tree:
+            for process in process_tree(pid):
                 try:
                     total += process.memory_info().rss
                     read = True
