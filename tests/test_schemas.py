@@ -63,3 +63,15 @@ def test_the_schemas_ship_in_the_package() -> None:
     assert {path.name for path in package.glob("*.schema.json")} == {f"{kind}.schema.json" for kind in schemas.KINDS}
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"pytest_llmperf.core.schemas" = ["*.json"]' in pyproject
+
+
+def test_the_docs_example_validates_with_plain_jsonschema() -> None:
+    """docs/baselines.md's example runs as written, and its validator refuses a broken document."""
+    import re
+
+    text = (ROOT / "docs" / "baselines.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "jsonschema" in block)
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/baselines.md", "exec"), namespace)
+    with pytest.raises(jsonschema.ValidationError):
+        namespace["validator"].validate({"schema": 1, "test": "t", "metrics": {"e2e_p99": {"value": "fast"}}})
