@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("llama_cpp", "lm_eval", "pynvml", "vllm", "torch", "numpy", "gguf")
+HEAVY = ("llama_cpp", "lm_eval", "pynvml", "vllm", "torch", "numpy", "gguf", "scipy", "jsonschema")
 
 
 def test_plugin_import_loads_no_heavy_module() -> None:

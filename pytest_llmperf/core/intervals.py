@@ -25,8 +25,14 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from scipy import stats
+
+def _stats() -> Any:
+    """scipy.stats, imported when an interval is first needed (not with the plugin)."""
+    from scipy import stats
+
+    return stats
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ def sign_rank(n: int, level: float) -> tuple[int, float] | None:
     exact sign test's acceptance region). None when even ``[min, max]`` covers less (n too small)."""
     best = None
     for k in range(1, n // 2 + 1):
-        coverage = 1.0 - 2.0 * float(stats.binom.cdf(k - 1, n, 0.5))
+        coverage = 1.0 - 2.0 * float(_stats().binom.cdf(k - 1, n, 0.5))
         if coverage < level:
             break
         best = (k, coverage)
@@ -73,7 +79,7 @@ def u_cdf(u: int, m: int, n: int) -> float:
     exact one-sided p-value of two samples whose U is ``u`` (each of the m values above ``u`` of the n in all)."""
     above = [min(n, max(0, u - n * i)) for i in range(m)]
     x = [count - 0.5 for count in above]
-    return float(stats.mannwhitneyu(x, list(range(n)), alternative="less", method="exact").pvalue)
+    return float(_stats().mannwhitneyu(x, list(range(n)), alternative="less", method="exact").pvalue)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -20,8 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from scipy import stats
-
 #: The default significance of the paired test: a drop whose one-sided p-value is below this is a regression.
 #: One in a hundred unchanged metrics could alarm by chance at most (and none where no document moved: a
 #: deterministic engine whose numerics did not change moves none).
@@ -80,6 +78,8 @@ def binomial_tail(k: int, n: int) -> float:
         return 1.0
     if k > n:
         return 0.0
+    from scipy import stats  # scipy loads only when a verdict needs it, not with the plugin
+
     return float(stats.binomtest(k, n, 0.5, alternative="greater").pvalue)
 
 

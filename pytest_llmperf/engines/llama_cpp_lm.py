@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from lm_eval import utils as lm_eval_utils
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 
 from pytest_llmperf.core import progress
+from pytest_llmperf.engines.rolling_windows import disjoint_windows
 
 
 def _log_softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -104,16 +104,8 @@ class LlamaCppLM(TemplateLM):  # type: ignore[misc]
         results = []
         for request in requests:
             (text,) = request.args
-            windows = lm_eval_utils.get_rolling_token_windows(
-                token_list=self.tok_encode(text, add_special_tokens=False),
-                prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length,
-                context_len=1,
-            )
-            total = sum(
-                self._score(context, predicted)[0]
-                for context, predicted in map(lm_eval_utils.make_disjoint_window, windows)
-            )
+            total = sum(self._score(context, predicted)[0]
+                        for context, predicted in disjoint_windows(self, text, self.max_length))
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
             results.append(total)
         return results

@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from lm_eval import utils as lm_eval_utils
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import (
@@ -38,6 +37,7 @@ from lm_eval.models.utils import (
 )
 
 from pytest_llmperf.core import progress
+from pytest_llmperf.engines.rolling_windows import disjoint_windows
 from pytest_llmperf.errors import EngineError
 
 #: Requests per ``LLM.generate`` call: enough to fill vLLM's default batch (``max_num_seqs`` 256), few enough
@@ -151,13 +151,8 @@ class VllmLM(TemplateLM):  # type: ignore[misc]
         counts = []
         for request in requests:
             (text,) = request.args
-            rolling = lm_eval_utils.get_rolling_token_windows(
-                token_list=self.tok_encode(text, add_special_tokens=False),
-                prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length - 2,  # one position for the context token, one for the generated one
-                context_len=1,
-            )
-            found = [(None, *lm_eval_utils.make_disjoint_window(window)) for window in rolling]
+            # One position for the context token, one for the generated one.
+            found = [(None, *window) for window in disjoint_windows(self, text, self.max_length - 2)]
             windows += found
             counts.append(len(found))
         scores = iter(self._loglikelihood_tokens(windows))

@@ -14,9 +14,6 @@ import json
 from importlib import resources
 from typing import Any
 
-import jsonschema
-from referencing import Registry, Resource
-
 KINDS = ("baseline", "study")
 
 
@@ -31,6 +28,9 @@ def schema(kind: str) -> dict[str, Any]:
 @functools.cache
 def _validator(kind: str, part: str | None) -> Any:
     """A validator of the whole schema (``part`` None) or of one of its ``$defs``."""
+    import jsonschema  # loaded when a file is first read, not with the plugin
+    from referencing import Registry, Resource
+
     root = schema(kind)
     registry: Registry[Any] = Registry().with_resource(root["$id"], Resource.from_contents(root))
     target = root if part is None else {"$ref": f"{root['$id']}#/$defs/{part}"}
