@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                               "report lacks a test or metric the first report gated")
     arguments = parser.parse_args(argv)
 
-    from pytest_llmperf.reports.compare import compare_runs, draw_runs, labels_of
-    from pytest_llmperf.reports.json_report import load_report, load_run
+    from pytest_llmperf.reports.compare import compare_runs, draw_runs, labels_of, read_run
+    from pytest_llmperf.reports.json_report import load_report
 
     try:
         if len(arguments.reports) == 1:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(lines))
             return 0
         labels = labels_of(arguments.reports)
-        runs = [load_run(path, label) for path, label in zip(arguments.reports, labels, strict=True)]
+        runs = [read_run(path, label) for path, label in zip(arguments.reports, labels, strict=True)]
         lines, regressions, dropped = compare_runs(runs)
         if arguments.plot is not None:
             from pytest_llmperf.reports.figures import available

@@ -15,7 +15,8 @@ TEST = "perf_tests/test_x.py::test_decode"
 
 
 def write_report(path: Path, values: dict[str, float], version: str = "0.3.36",
-                 gated: dict[str, str] | None = None, stderr: dict[str, float] | None = None) -> Path:
+                 gated: dict[str, str] | None = None, stderr: dict[str, float] | None = None,
+                 status: str = "passed", workload: dict[str, Any] | None = None) -> Path:
     gated = gated or {}
     metrics: list[dict[str, Any]] = []
     for name, value in values.items():
@@ -28,7 +29,9 @@ def write_report(path: Path, values: dict[str, float], version: str = "0.3.36",
         if stderr and name in stderr:
             entry["stderr"] = stderr[name]
         metrics.append(entry)
-    test = {"test": TEST, "metrics": metrics, "fingerprint": {"versions": {"llama-cpp-python": version}}}
+    test = {"test": TEST, "status": status, "metrics": metrics,
+            "fingerprint": {"versions": {"llama-cpp-python": version}},
+            "workload": workload if workload is not None else {"n_prompt": 16, "n_predict": 48, "requests": 8}}
     path.write_text(json.dumps({"schema": 1, "tests": [test]}), encoding="utf-8")
     return path
 
@@ -47,17 +50,53 @@ def test_two_reports_print_each_value_the_difference_and_the_change_exactly(
     after = write_report(tmp_path / "after.json", AFTER, "0.3.36", GATED, {"task.acc": 0.02})
     assert main(["compare", str(before), str(after)]) == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert lines[0] == ["test", "metric", "before", "after", "difference", "change", "%"]
+    assert lines[0] == ["test", "metric", "before", "after", "difference", "change", "%", "status"]
     rows = {row[1]: row[2:] for row in lines[1:7]}
-    assert rows["completion_tok_s"] == ["100", "95.04", "-4.96", "-4.960", "within", "tolerance"]
-    assert rows["e2e_p95"] == ["1", "0.99902", "-0.00098", "-0.098", "within", "tolerance"]
-    assert rows["e2e_p99"] == ["1", "0.99922", "-0.00078", "-0.078", "within", "tolerance"]
-    assert rows["tpot_p50"] == ["0.01", "0.0125", "+0.0025", "+25.000", "worse"]
-    assert rows["rss_peak_gib"] == ["0.5", "0.5", "0", "0.000"]
+    assert rows["completion_tok_s"] == ["100", "95.04", "-4.96", "-4.960", "within", "tolerance", "passed"]
+    assert rows["e2e_p95"] == ["1", "0.99902", "-0.00098", "-0.098", "within", "tolerance", "passed"]
+    assert rows["e2e_p99"] == ["1", "0.99922", "-0.00078", "-0.078", "within", "tolerance", "passed"]
+    assert rows["tpot_p50"] == ["0.01", "0.0125", "+0.0025", "+25.000", "worse", "passed"]
+    assert rows["rss_peak_gib"] == ["0.5", "0.5", "0", "0.000", "passed"]
     # Accuracy: 0.10 down; the built-in tolerance of an accuracy metric is 0.02 absolute.
-    assert rows["task.acc"] == ["0.8", "0.7", "-0.1", "-12.500", "worse"]
+    assert rows["task.acc"] == ["0.8", "0.7", "-0.1", "-12.500", "worse", "passed"]
     assert ["fingerprint", "changes", "before", "->", "after:"] in lines
     assert [f"{TEST}:", "versions.llama-cpp-python", "0.3.35", "->", "0.3.36"] in lines
+    assert ["workload", "changes", "before", "->", "after:"] not in lines  # the same workload
+
+
+def test_each_row_shows_the_test_status_in_each_run_and_a_workload_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A "+258% worse" is no regression the gate found when the later run was not judged and measured another
+    workload: the row says both, and the workload difference is listed under the table."""
+    before = write_report(tmp_path / "before.json", BEFORE, gated=GATED, status="passed",
+                          workload={"n_prompt": 16, "n_predict": 48, "requests": 8})
+    after = write_report(tmp_path / "after.json", {**BEFORE, "e2e_p99": 3.58}, gated=GATED, status="not judged",
+                         workload={"n_prompt": 16, "n_predict": 192, "requests": 8})
+    assert main(["compare", "--fail-on-regression", str(before), str(after)]) == 1
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    row = next(line for line in out if " e2e_p99 " in line)
+    assert row.split()[2:] == ["1", "3.58", "+2.58", "+258.000", "worse", "passed", "->", "not", "judged,",
+                               "workload", "changed"]
+    assert all(line.rstrip().endswith("passed -> not judged, workload changed") for line in out[1:7])
+    assert "workload changes before -> after:" in out
+    assert f"  {TEST}: workload.n_predict 48 -> 192" in out
+    assert f"{TEST} e2e_p99: before 1 -> after 3.58 (+258.000 %); status passed -> not judged, workload changed" \
+        in captured.err
+
+    # Three runs: every run's status, in order; a run that agrees with all the others is one word.
+    third = write_report(tmp_path / "third.json", BEFORE, gated=GATED, status="regressed",
+                         workload={"n_prompt": 16, "n_predict": 48, "requests": 8})
+    assert main(["compare", str(before), str(after), str(third)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if " e2e_p99 " in line)
+    assert row.rstrip().endswith("passed -> not judged -> regressed, workload changed")
+    assert main(["compare", str(before), str(third)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if " e2e_p99 " in line)
+    assert row.rstrip().endswith(" passed -> regressed")
+    assert main(["compare", str(before), str(before)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if " e2e_p99 " in line)
+    assert row.split()[-1] == "passed"
 
 
 def test_three_reports_and_fail_on_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -66,9 +105,10 @@ def test_three_reports_and_fail_on_regression(tmp_path: Path, capsys: pytest.Cap
     assert main(["compare", *map(str, reports)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["test", "metric", "run0", "run1", "run2", "diff", "run1", "%", "run1", "mark", "run1",
-                              "diff", "run2", "%", "run2", "mark", "run2"]
+                              "diff", "run2", "%", "run2", "mark", "run2", "status"]
     row = next(line.split() for line in out if " completion_tok_s " in line)
-    assert row[2:] == ["100", "95.04", "120", "-4.96", "-4.960", "within", "tolerance", "+20", "+20.000", "better"]
+    assert row[2:] == ["100", "95.04", "120", "-4.96", "-4.960", "within", "tolerance", "+20", "+20.000", "better",
+                       "passed"]
     assert main(["compare", "--fail-on-regression", *map(str, reports)]) == 1
     err = capsys.readouterr().err
     assert "2 metrics moved beyond tolerance in their bad direction" in err
@@ -105,6 +145,7 @@ def test_plot_writes_the_four_before_after_figures(tmp_path: Path, capsys: pytes
     assert [bar.get_width() for bar in drawn["throughput"].patches] == pytest.approx([100.0, 95.04])
     assert [t.get_text() for t in drawn["throughput"].get_legend().get_texts()] == ["before", "after"]
     memory = drawn["memory"]
+    assert memory.get_title() == "Memory per run: GPU peak and mean, host peak RSS"  # what its bars are
     assert [t.get_text() for t in memory.get_yticklabels()] == ["mem_max_gib", "mem_mean_gib", "rss_peak_gib"]
     assert memory.get_xlabel() == "memory (GiB)"
     assert [bar.get_width() for bar in memory.patches] == pytest.approx([70.0, 60.0, 0.5, 66.2, 57.0, 0.5])
@@ -181,3 +222,11 @@ def test_plot_to_an_existing_file_is_an_error_naming_it(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert f"--plot {existing}: is a file, not a folder; give a folder for the figures" in err
     assert existing.read_bytes() == b"not a folder"
+
+
+def test_the_memory_figure_is_titled_by_the_metrics_it_draws() -> None:
+    from pytest_llmperf.reports.compare import memory_title
+
+    assert memory_title(["rss_peak_gib"]) == "Memory per run: host peak RSS"  # no "mean" it does not draw
+    assert memory_title(["mem_max_gib"]) == "Memory per run: GPU peak"
+    assert memory_title(["mem_mean_gib", "rss_peak_gib"]) == "Memory per run: GPU mean, host peak RSS"

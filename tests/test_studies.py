@@ -53,7 +53,7 @@ def drawn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Figure]:
     for kind in ("accuracy", "tradeoff"):
         importlib.import_module(f"pytest_llmperf.reports.figures.{kind}")
 
-    figures.save(knob.memory_vs_knob("n", ["1"], {"rss_peak_gib": [0.5]}), tmp_path / "imports.png")
+    figures.save(knob.memory_vs_knob("n", ["1"], [figures.Series("rss_peak_gib", [0.5])]), tmp_path / "imports.png")
 
     saved: dict[str, Figure] = {}
     save = figures.save
@@ -67,7 +67,9 @@ def drawn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Figure]:
 
 
 def lines(ax: Any) -> dict[str, list[float]]:
-    return {line.get_label(): [float(y) for y in line.get_ydata()] for line in ax.get_lines()}
+    """The metrics' lines by legend label (not the chosen point's marker line or the error bars' caps)."""
+    return {line.get_label(): [float(y) for y in line.get_ydata()] for line in ax.get_lines()
+            if not line.get_label().startswith("_")}
 
 
 def ticks(ax: Any) -> list[str]:
@@ -126,27 +128,35 @@ def test_a_study_records_its_operating_point_then_reports_a_change(pytester: pyt
 
     # What the figures draw: the study's own numbers, in the units on their axes (a tiny model's RSS in MiB,
     # latencies under a second in ms).
-    assert set(drawn) == {"memory", "speed", "pareto"}
+    assert set(drawn) == {"objective", "memory", "speed", "pareto"}
     labels = ["8", "32", "128"]
+    chosen = labels.index(str(study["chosen"]["n_ubatch"]))
+    objective, constraint = drawn["objective"].axes
+    assert objective.get_title() == "Objective: maximise completion_tok_s vs n_ubatch"
+    assert lines(objective) == {"completion_tok_s (objective)": pytest.approx([p["completion_tok_s"] for p in points])}
+    assert constraint.get_title() == "Constraint: rss_peak_gib <= 4 GiB"
     (memory,) = drawn["memory"].axes
     assert (memory.get_title(), memory.get_xlabel(), memory.get_ylabel()) == ("Memory vs n_ubatch", "n_ubatch",
                                                                               "memory (MiB)")
     assert ticks(memory) == labels
     assert lines(memory) == {"rss_peak_gib": pytest.approx([p["rss_peak_gib"] * 1024 for p in points])}
+    assert memory.get_ylim()[0] == 0 and "chosen" in annotations(memory)
     throughput, latency = drawn["speed"].axes
     assert (throughput.get_ylabel(), latency.get_ylabel()) == ("throughput (tok/s)", "latency (ms)")
     assert ticks(throughput) == ticks(latency) == labels
-    assert lines(throughput) == {name: pytest.approx([p[name] for p in points])
-                                 for name in ("completion_tok_s", "total_tok_s")}
+    assert lines(throughput) == {"completion_tok_s (objective)": pytest.approx([p["completion_tok_s"] for p in points]),
+                                 "total_tok_s": pytest.approx([p["total_tok_s"] for p in points])}
     assert lines(latency) == {name: pytest.approx([p[name] * 1000 for p in points]) for name in (
         "e2e_p50", "e2e_p90", "e2e_p99", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99")}
+    # The objective against what the rule trades it with: its constraint's metric (memory from 0).
     (pareto,) = drawn["pareto"].axes
-    assert pareto.get_title() == "Pareto front: completion_tok_s vs e2e_p99"
-    assert (pareto.get_xlabel(), pareto.get_ylabel()) == ("completion_tok_s (higher is better)",
-                                                          "e2e_p99 (ms) (lower is better)")
-    measured = [(p["completion_tok_s"], p["e2e_p99"] * 1000) for p in points]
+    assert pareto.get_title() == "Pareto front: completion_tok_s vs rss_peak_gib"
+    assert (pareto.get_xlabel(), pareto.get_ylabel()) == ("completion_tok_s (tok/s) (higher is better, objective)",
+                                                          "rss_peak_gib (MiB) (lower is better)")
+    measured = [(p["completion_tok_s"], p["rss_peak_gib"] * 1024) for p in points]
     assert offsets(pareto) == pytest.approx(flat(measured))
-    assert annotations(pareto) == labels
+    assert pareto.get_ylim()[0] == 0
+    assert annotations(pareto) == [label + (" (chosen)" if i == chosen else "") for i, label in enumerate(labels)]
     (front,) = [line for line in pareto.get_lines() if line.get_label() == "Pareto front"]
     assert flat(zip(front.get_xdata(), front.get_ydata(), strict=True)) == pytest.approx(flat(pareto_front(measured)))
     png = pytester.path / "out/report-figures/test_sweep-test_ubatch-pareto.png"
@@ -271,7 +281,8 @@ def test_the_vllm_study_shape_runs_end_to_end_on_the_fakes(pytester: pytest.Pyte
     assert study["points"][1]["metrics"]["mem_mean_gib"] == pytest.approx(0.95 * (40 + 128 / 6))  # mean of peaks
     assert study["points"][0]["stderr"]["arc_easy.acc"] == 0.009
     figures = {Path(path).stem.rsplit("-", 1)[-1] for path in study["figures"]}
-    assert figures == {"memory", "speed", "accuracy_heatmap", "accuracy_normalised", "memory_vs_accuracy", "pareto"}
+    assert figures == {"objective", "memory", "speed", "accuracy_heatmap", "accuracy_normalised",
+                       "memory_vs_accuracy", "pareto"}
     for path in study["figures"]:
         assert (pytester.path / "out" / path).is_file()
 
@@ -307,8 +318,8 @@ def test_the_vllm_study_shape_runs_end_to_end_on_the_fakes(pytester: pytest.Pyte
     assert [text.get_fontweight() for text in tradeoff.texts] == ["normal", "bold", "normal", "normal"]
     (pareto,) = drawn["pareto"].axes
     points = [point["metrics"] for point in study["points"]]
-    assert (pareto.get_xlabel(), pareto.get_ylabel()) == ("completion_tok_s (higher is better)",
-                                                          "e2e_p99 (ms) (lower is better)")
-    assert offsets(pareto) == pytest.approx(flat((p["completion_tok_s"], p["e2e_p99"] * 1000) for p in points))
-    assert annotations(pareto) == labels
+    assert (pareto.get_xlabel(), pareto.get_ylabel()) == ("completion_tok_s (tok/s) (higher is better, objective)",
+                                                          "mem_max_gib (GiB) (lower is better)")
+    assert offsets(pareto) == pytest.approx(flat((p["completion_tok_s"], p["mem_max_gib"]) for p in points))
+    assert annotations(pareto) == ["64", "128 (chosen)", "192", "224"]
     result.stdout.fnmatch_lines(["*operating point: max_num_seqs=128: highest completion_tok_s*"])

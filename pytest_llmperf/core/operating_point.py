@@ -156,6 +156,8 @@ class StudyPoint:
     stderr: dict[str, float | None] = field(default_factory=dict)
     status: str = "passed"
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    #: The value of each repetition behind a metric (the figures' error bars); not stored.
+    samples: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:

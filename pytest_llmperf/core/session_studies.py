@@ -117,7 +117,8 @@ def gather(outcomes: Sequence[CheckOutcome]) -> dict[str, tuple[StudySpec, int, 
             continue
         spec = parse_study(info["rule"], info["study"])
         point = StudyPoint(outcome.test, dict(info["params"]), dict(info["indices"]), dict(outcome.measured),
-                           dict(outcome.stderr), outcome.status.value, dict(outcome.fingerprint))
+                           dict(outcome.stderr), outcome.status.value, dict(outcome.fingerprint),
+                           {name: list(values) for name, values in outcome.all_samples.items()})
         entry = studies.setdefault(info["study"], (spec, int(info["size"]), []))
         entry[2].append(point)
     return studies

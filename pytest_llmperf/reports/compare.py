@@ -1,16 +1,18 @@
 """``python -m pytest_llmperf compare``: runs side by side (two or more JSON reports), and one report's A/B tables.
 
 Per metric: each run's value, then for every later run its difference from the first and the change in % (three
-decimals: -4.960, not -5.0), and a mark that knows what the gate knows: a change within the metric's tolerance
+decimals: -4.960, not -5.0), a mark that knows what the gate knows: a change within the metric's tolerance
 (the one the report gated it with, else the built-in default) is "within tolerance", beyond it "better" or
-"worse" by the metric's direction. The fingerprint differences of each later run from the first are listed under
-the table.
+"worse" by the metric's direction; and the test's status in each run ("passed -> not judged": a change the gate
+did not judge is no verdict), with "workload changed" when a later run measured another workload. The
+fingerprint and workload differences of each later run from the first are listed under the table, test by test.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,38 @@ class Run:
     fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The file the run was read from (named in errors); the label when it came from elsewhere.
     source: str = ""
+    #: Each test's workload (``workload`` of the report: ``n_predict``, ``requests``...) and status (``passed``,
+    #: ``regressed``, ``not judged``...).
+    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)
 
     @property
     def tests(self) -> set[str]:
         """The tests the run measured (a test with no finite value counts: its fingerprint is there)."""
         return {test for test, _ in self.values} | set(self.fingerprints)
+
+
+def read_run(path: Path, label: str) -> Run:
+    """A JSON report as compare reads it: each metric's value, the tolerance it had and its stderr, and each
+    test's fingerprint, workload and status. Raises LlmperfError naming a file that is no report."""
+    from pytest_llmperf.errors import LlmperfError
+    from pytest_llmperf.reports.json_report import load_report_values
+
+    run = Run(label, load_report_values(path), source=str(path))  # (checks the file, naming it)
+    try:
+        for test in json.loads(path.read_text(encoding="utf-8"))["tests"]:
+            run.fingerprints[test["test"]] = dict(test.get("fingerprint") or {})
+            run.workloads[test["test"]] = dict(test.get("workload") or {})
+            run.statuses[test["test"]] = str(test.get("status") or "-")
+            for metric in test["metrics"]:
+                key = (test["test"], metric["metric"])
+                if metric.get("tolerance"):
+                    run.tolerances[key] = str(metric["tolerance"]["text"])
+                if metric.get("stderr") is not None:
+                    run.stderr[key] = float(metric["stderr"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise LlmperfError(f"{path}: not a pytest-llmperf JSON report ({error})") from None
+    return run
 
 
 def check_common_tests(runs: Sequence[Run]) -> None:
@@ -111,14 +140,16 @@ def compare_runs(runs: Sequence[Run]) -> tuple[list[str], list[str], list[str]]:
     check_common_tests(runs)
     first, later = runs[0], runs[1:]
     if len(runs) == 2:
-        header: tuple[str, ...] = ("test", "metric", first.label, later[0].label, "difference", "change %", "")
+        header: tuple[str, ...] = ("test", "metric", first.label, later[0].label, "difference", "change %", "",
+                                   "status")
     else:
         header = ("test", "metric", *(run.label for run in runs),
-                  *(f"{cell} {run.label}" for run in later for cell in ("diff", "%", "mark")))
+                  *(f"{cell} {run.label}" for run in later for cell in ("diff", "%", "mark")), "status")
     rows, regressions = [], []
     for key in sorted(set().union(*(run.values for run in runs))):
         values = [run.values.get(key) for run in runs]
         cells = [*key, *(value_text(value) for value in values)]
+        status = status_of(runs, key[0])
         for run, value in zip(later, values[1:], strict=True):
             old = values[0]
             if old is None or value is None or not (math.isfinite(old) and math.isfinite(value)):
@@ -133,15 +164,29 @@ def compare_runs(runs: Sequence[Run]) -> tuple[list[str], list[str], list[str]]:
             if change.mark == "worse":
                 shown = "" if change.percent is None else f" ({percent(change.percent)} %)"
                 regressions.append(f"{key[0]} {key[1]}: {first.label} {value_text(old)} -> {run.label} "
-                                   f"{value_text(value)}{shown}")
-        rows.append(tuple(cells))
-    numeric = set(range(2, len(header))) - ({6} if len(runs) == 2 else set(range(len(runs) + 4, len(header), 3)))
-    lines = align([header, *rows], numeric=numeric)
+                                   f"{value_text(value)}{shown}{f'; status {status}' if status else ''}")
+        rows.append((*cells, status))
+    marks = {6} if len(runs) == 2 else set(range(len(runs) + 4, len(header) - 1, 3))
+    lines = align([header, *rows], numeric=set(range(2, len(header) - 1)) - marks)
     for run in later:
-        changes = fingerprint_changes(first, run)
-        if changes:
-            lines += ["", f"fingerprint changes {first.label} -> {run.label}:", *[f"  {line}" for line in changes]]
+        for what, changes in (("fingerprint", fingerprint_changes(first, run)),
+                              ("workload", workload_changes(first, run))):
+            if changes:
+                lines += ["", f"{what} changes {first.label} -> {run.label}:", *[f"  {line}" for line in changes]]
     return lines, regressions, dropped_gates(runs)
+
+
+def status_of(runs: Sequence[Run], test: str) -> str:
+    """The test's status in each run, ``passed -> not judged`` (one word when every run agrees; ``-`` for a run
+    without the test), and ``workload changed`` when a later run measured it with another workload."""
+    statuses = [run.statuses.get(test, "-") for run in runs]
+    if all(status == "-" for status in statuses):
+        return ""
+    text = statuses[0] if len(set(statuses)) == 1 else " -> ".join(statuses)
+    first = runs[0].workloads.get(test)
+    if first is not None and any(run.workloads.get(test, first) != first for run in runs[1:]):
+        text += ", workload changed"
+    return text
 
 
 def dropped_gates(runs: Sequence[Run]) -> list[str]:
@@ -168,10 +213,21 @@ def _combined(a: float | None, b: float | None) -> float | None:
 def fingerprint_changes(before: Run, after: Run) -> list[str]:
     """What differs between the fingerprints of the tests both runs have; a change every such test shares is
     listed once, under "every test"."""
+    return _changes(before.fingerprints, after.fingerprints, lambda change: change)
+
+
+def workload_changes(before: Run, after: Run) -> list[str]:
+    """What differs between the workloads of the tests both runs have (``workload.n_predict 48 -> 192``), listed
+    like the fingerprint's: a throughput measured on four times the tokens is another measurement."""
+    return _changes(before.workloads, after.workloads, lambda change: f"workload.{change}")
+
+
+def _changes(before: Mapping[str, dict[str, Any]], after: Mapping[str, dict[str, Any]],
+             shown: Callable[[str], str]) -> list[str]:
     from pytest_llmperf.core.fingerprint import diff
 
-    shared = sorted(set(before.fingerprints) & set(after.fingerprints))
-    per_test = {test: diff(before.fingerprints[test], after.fingerprints[test]) for test in shared}
+    shared = sorted(set(before) & set(after))
+    per_test = {test: [shown(change) for change in diff(before[test], after[test])] for test in shared}
     common = set.intersection(*(set(changes) for changes in per_test.values())) if per_test else set()
     lines = [f"every test: {change}" for change in sorted(common)] if len(shared) > 1 else []
     for test, changes in per_test.items():
@@ -181,9 +237,19 @@ def fingerprint_changes(before: Run, after: Run) -> list[str]:
 
 
 _THROUGHPUT = ("completion_tok_s", "prompt_tok_s", "total_tok_s")
-_MEMORY = ("mem_max_gib", "mem_mean_gib", "rss_peak_gib")
+#: The memory metrics of ``memory.png``, and what each is (its title names those drawn).
+_MEMORY = {"mem_max_gib": "GPU peak", "mem_mean_gib": "GPU mean", "rss_peak_gib": "host peak RSS"}
 #: The figures ``compare --plot`` draws, each when the runs have its metrics.
 RUN_FIGURES = ("throughput", "memory", "accuracy", "change")
+
+
+def memory_title(metrics: Iterable[str]) -> str:
+    """``Memory per run: GPU peak and mean, host peak RSS``: what the bars are, from the metrics drawn."""
+    drawn = set(metrics)
+    kinds = [kind for name, kind in _MEMORY.items() if name in drawn]
+    if "GPU peak" in kinds and "GPU mean" in kinds:
+        kinds[kinds.index("GPU peak"):kinds.index("GPU mean") + 1] = ["GPU peak and mean"]
+    return f"Memory per run: {', '.join(kinds)}"
 
 
 def draw_runs(runs: Sequence[Run], directory: Path) -> tuple[list[Path], list[str]]:
@@ -217,7 +283,7 @@ def draw_runs(runs: Sequence[Run], directory: Path) -> tuple[list[Path], list[st
     memory = [key for key in keys if key[1] in _MEMORY]
     if memory:
         factor, unit = memory_scale([v for run in runs for k in memory if (v := run.values.get(k)) is not None])
-        figures["memory"] = grouped_bars("Memory per run (peak and mean)", [name(k) for k in memory], labels,
+        figures["memory"] = grouped_bars(memory_title(key[1] for key in memory), [name(k) for k in memory], labels,
                                          values(memory), f"memory ({unit})", factor)
     accuracy = [key for key in keys if is_accuracy(key[1])]
     if accuracy:
