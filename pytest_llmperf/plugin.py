@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_llmperf import hooks
 from pytest_llmperf.errors import EngineUnavailable, LlmperfError
 from pytest_llmperf.fixtures import (  # noqa: F401  (fixtures are found as this plugin's attributes)
     PytestLlmperfWarning,
@@ -31,9 +32,9 @@ if TYPE_CHECKING:
     from pytest_llmperf.core.record import TestRecord
     from pytest_llmperf.core.session import LlmperfSession
 
-def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from pytest_llmperf import hooks
+run_key = pytest.StashKey[dict[str, Any]]()  # which part of the suite ran (``reports/files.run_selection``)
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hooks)
 
 
@@ -84,8 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    session = config.stash.get(session_key, None)
-    if session is None:
+    if (session := config.stash.get(session_key, None)) is None:
         return None
     mode = "update" if session.update else "check"
     return f"llmperf: baselines={session.baseline_dir} mode={mode} strict={session.strict}"
@@ -93,13 +93,14 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Before -m/-k deselect anything: every study's points, and baseline files of wholly collected modules that
-    no collected test owns (``--lf`` collects parts of modules: nothing is judged then)."""
+    """Before -m/-k deselect anything: every study's points, the perf tests, and baseline files of wholly collected
+    modules that no collected test owns (``--lf`` collects parts of modules: nothing is judged then)."""
     from pytest_llmperf.core.baseline import stale_in_whole_modules
     from pytest_llmperf.core.session_studies import study_sizes
 
     if (llmperf_session := config.stash.get(session_key, None)) is None:
         return
+    config.stash[run_key] = {"perf": sum(bool(item.get_closest_marker("perf")) for item in items)}
     llmperf_session.study_sizes = study_sizes(item.nodeid for item in items if item.get_closest_marker("perf_study"))
     if not config.getoption("lf", False):
         whole = [Path(config.invocation_params.dir, arg).resolve() for arg in config.args if "::" not in arg]
@@ -122,6 +123,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from pytest_llmperf.core.hardware import worker_environment
 
     workerinput, llmperf_session = getattr(session.config, "workerinput", None), session.config.stash[session_key]
+    run = session.config.stash.setdefault(run_key, {"perf": 0})  # (the perf tests that -m, -k, --lf left out)
+    run["deselected_perf"] = run["perf"] - sum(bool(item.get_closest_marker("perf")) for item in session.items)
     if workerinput is not None and any(item.get_closest_marker("gpu") or item.get_closest_marker("perf")
                                        for item in session.items):
         os.environ.update(worker_environment(str(workerinput["workerid"]), int(workerinput["workercount"]),
@@ -236,24 +239,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(config, "workerinput"):  # an xdist worker: the controller merges it in pytest_testnodedown
         from pytest_llmperf.reports.json_report import worker_output
 
-        config.workeroutput.update(worker_output(llmperf_session))  # type: ignore[attr-defined]
+        output = worker_output(llmperf_session, config.stash.get(run_key, {}))
+        config.workeroutput.update(output)  # type: ignore[attr-defined]
         return
     if llmperf_session.outcomes:  # studies are judged as a whole, once every worker's points are in
         from pytest_llmperf.core.session_studies import judge_session
 
         if judge_session(llmperf_session) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if llmperf_session.outcomes or llmperf_session.report is not None:
-        from pytest_llmperf.reports.files import write_reports
+    if llmperf_session.outcomes or llmperf_session.report is not None:  # (a partial run merges into the report)
+        from pytest_llmperf.reports.files import run_selection, try_write_reports
 
-        try:
-            write_reports(llmperf_session)
-        except OSError as error:
-            llmperf_session.errors.append(f"cannot write the llmperf report: {error}")
+        if not try_write_reports(llmperf_session, run_selection(session, config.stash.setdefault(run_key, {}))):
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-    if llmperf_session.prune_stale:
-        for path in llmperf_session.stale:
-            path.unlink(missing_ok=True)
+    for path in llmperf_session.stale if llmperf_session.prune_stale else ():
+        path.unlink(missing_ok=True)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -261,15 +261,15 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     """pytest-xdist: fold a finished worker's outcomes into the controller's session."""
     from pytest_llmperf.reports.json_report import merge_worker_output
 
-    if (llmperf_session := node.config.stash.get(session_key, None)) is not None:
-        merge_worker_output(llmperf_session, getattr(node, "workeroutput", {}))
+    if (session := node.config.stash.get(session_key, None)) is not None:
+        merge_worker_output(session, getattr(node, "workeroutput", {}), node.config.stash.setdefault(run_key, {}))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     from pytest_llmperf.reports.terminal import summary_lines
 
-    session = config.stash.get(session_key, None)
-    lines = summary_lines(session) if session is not None else []
+    session, run = config.stash.get(session_key, None), config.stash.get(run_key, {})
+    lines = summary_lines(session, terminalreporter.stats.get("skipped", []), run.get("partial", [])) if session else []
     if lines:
         terminalreporter.write_sep("=", "llmperf")
         for line in lines:

@@ -121,3 +121,43 @@ def test_hand_edited_value_falls_back_to_the_point_rule() -> None:
     tolerance = parse_tolerance("5%", metric_spec("completion_tok_s"), "test")
     edited = MetricRecord(200.0, [99.0, 100.0, 101.0])  # value no longer the median of its samples
     assert judge("completion_tok_s", edited, 100.0, tolerance, [99.0, 100.0, 101.0]).verdict is Verdict.REGRESSED
+
+
+def test_every_bad_tolerance_is_in_one_error_naming_its_key_and_value() -> None:
+    with pytest.raises(LlmperfError) as error:
+        ToleranceTable([("marker perf_tolerance on t.py::test_a",
+                         {"completion_tok_s": "fast", "e2e_p99": "5%", "ttft_p99": "1GiB", "latency_*": "5%"})])
+    lines = str(error.value).splitlines()
+    assert lines[0] == "marker perf_tolerance on t.py::test_a: 3 bad tolerances:"
+    assert lines[1].startswith("  completion_tok_s = 'fast': cannot parse tolerance 'fast' for completion_tok_s")
+    assert lines[2].startswith("  ttft_p99 = '1GiB': tolerance '1GiB' has unit 'GiB', which does not fit ttft_p99")
+    assert lines[3] == "  latency_* = '5%': tolerance pattern 'latency_*' matches no metric"
+    with pytest.raises(LlmperfError) as error:  # two sources: each line names its own
+        ToleranceTable([("--llmperf-tolerance", {"completion_tok_s": "fast"}), ("ini llmperf_tolerances",
+                                                                                {"throughput": "5%"})])
+    lines = str(error.value).splitlines()
+    assert lines[0] == "2 bad tolerances:"
+    assert lines[1].startswith("  --llmperf-tolerance: completion_tok_s = 'fast': cannot parse tolerance 'fast'")
+    assert lines[2].startswith("  ini llmperf_tolerances: throughput = '5%': unknown metric 'throughput'")
+    with pytest.raises(LlmperfError, match=r"^--llmperf-tolerance: cannot parse tolerance 'fast'"):  # one: as before
+        ToleranceTable([("--llmperf-tolerance", {"completion_tok_s": "fast"})])
+
+
+def test_a_marker_with_two_bad_values_reports_both(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_marker="""
+        import pytest
+
+        @pytest.mark.perf
+        @pytest.mark.perf_tolerance(completion_tok_s="fast", e2e_p99="1GiB")
+        def test_marker(llmperf):
+            llmperf.check({"completion_tok_s": 1.0})
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        "*marker perf_tolerance on test_marker.py::test_marker: 2 bad tolerances:",
+        "*  completion_tok_s = 'fast': cannot parse tolerance 'fast'*",
+        "*  e2e_p99 = '1GiB': tolerance '1GiB' has unit 'GiB', which does not fit e2e_p99*",
+    ])

@@ -17,18 +17,54 @@ from typing import Any
 from pytest_llmperf.core.metrics import GIB
 from pytest_llmperf.errors import LlmperfError
 
+#: Present wherever the NVIDIA kernel driver is loaded (inside a GPU container too).
+NVIDIA_DRIVER_FILES = (Path("/proc/driver/nvidia/version"), Path("/dev/nvidiactl"))
+
+
+def nvidia_driver_loaded() -> bool:
+    return any(path.exists() for path in NVIDIA_DRIVER_FILES)
+
 
 def load_nvml() -> tuple[ModuleType | None, str]:
-    """``pynvml``, initialised, or None and the reason it cannot be used here."""
+    """``pynvml``, initialised, or None and the reason it cannot be used here, saying what is actually missing:
+    the package (and whether there is a driver at all), the driver's library, the kernel driver, the right."""
     try:
         import pynvml
-    except ImportError:
-        return None, "nvidia-ml-py is not installed (pip install 'pytest-llmperf[nvml]')"
+    except ImportError as error:
+        install = "pip install 'pytest-llmperf[nvml]'"
+        if error.name != "pynvml":  # installed, but it does not import
+            return None, f"nvidia-ml-py is installed but does not import ({error}); reinstall it ({install})"
+        if not nvidia_driver_loaded():
+            return None, (f"no NVIDIA driver on this machine (no {NVIDIA_DRIVER_FILES[0]}); nvidia-ml-py, which "
+                          f"looks for GPUs, is not installed either ({install})")
+        return None, ("nvidia-ml-py, which looks for GPUs, is not installed in this Python environment, though an "
+                      f"NVIDIA driver is loaded ({install})")
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as error:
-        return None, f"NVML is unavailable: {error}"
+        return None, f"NVML is unavailable: {error}{_nvml_failure(pynvml, error)}"
     return pynvml, ""
+
+
+def _nvml_failure(pynvml: ModuleType, error: Exception) -> str:
+    """What an ``nvmlInit`` error means here, in words (nvidia-ml-py raises a subclass per NVML return code)."""
+    def raised(name: str) -> bool:
+        kind = getattr(pynvml, name, None)
+        return isinstance(kind, type) and isinstance(error, kind)
+
+    if raised("NVMLError_LibraryNotFound"):
+        if nvidia_driver_loaded():
+            return (" (the NVIDIA kernel driver is loaded, but this process cannot load its libnvidia-ml.so.1: in a "
+                    "container, the driver's libraries are not mounted)")
+        return " (no NVIDIA driver is installed: libnvidia-ml.so.1 is missing)"
+    if raised("NVMLError_DriverNotLoaded"):
+        return (" (the driver's library is installed but the NVIDIA kernel driver is not running: no GPU is "
+                "attached, or the driver needs loading; nvidia-smi says the same)")
+    if raised("NVMLError_NoPermission"):
+        return " (this user may not open the NVIDIA devices /dev/nvidia*)"
+    if raised("NVMLError_LibRmVersionMismatch"):
+        return " (the driver's library and the kernel driver are different versions: reboot after a driver update)"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -197,6 +233,10 @@ def missing_gpus(count: int, min_vram_gib: float | None) -> str | None:
     devices, _, reason = probe_gpus()
     if reason:
         return f"needs {count} GPU(s): {reason}"
+    if not devices:
+        selection = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return f"needs {count} GPU(s): " + ("the NVIDIA driver is loaded but NVML finds no GPU" if selection is None
+                                            else f"none visible (CUDA_VISIBLE_DEVICES={selection!r})")
     if min_vram_gib is not None:
         devices = [d for d in devices if d.memory_total_bytes / GIB >= min_vram_gib]
     if len(devices) < count:

@@ -20,7 +20,7 @@ from typing import Literal
 from pytest_llmperf.core.metrics import MetricSpec, all_metric_names, metric_spec, split_concurrency, split_prefix
 from pytest_llmperf.errors import LlmperfError
 
-# Wide enough for a shared 2-core machine (README, "Noise and tolerances", has the measured spread),
+# Wide enough for a shared 2-core machine (docs/noise.md has the measured spread),
 # narrow enough that a 2x slowdown fails.
 DEFAULT_TOLERANCES: dict[str, str] = {
     "*_tok_s": "30%",
@@ -35,7 +35,7 @@ DEFAULT_TOLERANCES: dict[str, str] = {
     "gpu_*": "20%",
     # Logit fidelity: in-process engines repeat their numbers exactly; a server's prefix cache moved KL by ~1e-6
     # nats here. These let that through and catch a 4-bit quantisation of the trained model (KL 2e-4 to 2e-3;
-    # README, "A trained model"). Any position whose greedy (top-1) token changed fails: greedy output changed.
+    # docs/models.md). Any position whose greedy (top-1) token changed fails: greedy output changed.
     "kl_mean": "1e-5",
     "kl_max": "1e-3",
     "top1_agree": "0",
@@ -46,6 +46,9 @@ DEFAULT_TOLERANCES: dict[str, str] = {
     # engine's own buffers (model, KV, compute, output), as llama.cpp logs them.
     "kv_cache_gib_*": "0",
     "engine_*_gib": "0",
+    # vLLM's own count of max_model_len requests its KV cache holds: fixed by the model, the config and the KV
+    # space it was given.
+    "kv_max_concurrency": "0",
     # Instructions per token do not move with the machine (measure/instructions.py): 1% catches a 2% change in
     # llama.cpp's work (benchmarks/instructions_noise.py) where the wall clock cannot see 10%.
     "*_instructions_per_token": "1%",
@@ -159,16 +162,36 @@ def parse_assignments(lines: Iterable[str], source: str) -> dict[str, str]:
     return table
 
 
+def _several_bad(problems: list[tuple[str, str, object, str]]) -> str:
+    """One error for every bad entry, each line naming the key and the value: fixing the first would only show
+    the next."""
+    sources = list(dict.fromkeys(source for source, _, _, _ in problems))
+    head = f"{sources[0]}: " if len(sources) == 1 else ""
+    lines = [f"{head}{len(problems)} bad tolerances:"]
+    for source, key, value, problem in problems:
+        lines.append(f"  {'' if head else f'{source}: '}{key} = {value!r}: {problem}")
+    return "\n".join(lines)
+
+
 class ToleranceTable:
     """Ordered layers of ``pattern -> tolerance``; the first layer with a matching pattern wins."""
 
     def __init__(self, layers: Iterable[tuple[str, Mapping[str, object]]]) -> None:
         self._layers = [(source, dict(table)) for source, table in layers]
+        problems: list[tuple[str, str, object, str]] = []  # (source, key, value, what is wrong)
         for source, table in self._layers:
             for pattern, value in table.items():
-                _check_pattern(pattern, source)
-                if not any(ch in pattern for ch in "*?["):
-                    parse_tolerance(value, metric_spec(pattern), source)
+                try:
+                    _check_pattern(pattern, source)
+                    if not any(ch in pattern for ch in "*?["):
+                        parse_tolerance(value, metric_spec(pattern), source)
+                except LlmperfError as error:
+                    problems.append((source, pattern, value, str(error).removeprefix(f"{source}: ")))
+        if len(problems) == 1:
+            source, _, _, problem = problems[0]
+            raise LlmperfError(f"{source}: {problem}")
+        if problems:
+            raise LlmperfError(_several_bad(problems))
 
     def with_layer(self, source: str, table: Mapping[str, object]) -> ToleranceTable:
         """A table where ``table`` (from ``source``) takes precedence over this one."""

@@ -15,7 +15,6 @@ from pytest_llmperf.core.session_studies import StudyResult
 from pytest_llmperf.core.tolerance import Tolerance
 from pytest_llmperf.core.verdict import MetricComparison, Verdict
 from pytest_llmperf.measure.scaling import ScalingResult
-from pytest_llmperf.reports.compare import Run
 from pytest_llmperf.reports.table import relative_to_root
 
 REPORT_SCHEMA = 1
@@ -129,6 +128,52 @@ def render_json(
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
+#: The run of report entries written before reports named their run.
+UNRECORDED_RUN = "not recorded"
+#: The entries of a report, each with the key that names it.
+_ENTRIES = {"tests": "test", "scaling": "test", "studies": "study"}
+
+
+def stamp_run(document: dict[str, Any], run: str, partial: Sequence[str], finished: str) -> dict[str, Any]:
+    """``document`` (``render_json``'s, parsed) with every entry marked ``"run": run`` and ``"runs"``: what each
+    run was (``partial``: why it covered only part of the suite; empty for the whole suite) and how many of the
+    report's tests it wrote."""
+    for key in _ENTRIES:
+        for entry in document.get(key, []):
+            entry["run"] = run
+    document["runs"] = {run: {"finished": finished, "partial": list(partial)}}
+    return _count_runs(document)
+
+
+def merge_reports(earlier: Mapping[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """A partial run's report (``current``, stamped) merged into the report there before: the earlier report's
+    tests, scaling tables and studies that this run did not measure again are kept, each still naming the run
+    that wrote it; runs none of whose entries are left are dropped."""
+    merged = dict(current)
+    runs: dict[str, Any] = {name: dict(info) for name, info in (earlier.get("runs") or {}).items()}
+    for key, name in _ENTRIES.items():
+        fresh = {entry.get(name) for entry in current.get(key, [])}
+        kept = [{**entry, "run": entry.get("run", UNRECORDED_RUN)} for entry in earlier.get(key) or []
+                if isinstance(entry, dict) and entry.get(name) not in fresh]
+        if any(entry["run"] == UNRECORDED_RUN for entry in kept):
+            runs.setdefault(UNRECORDED_RUN, {"finished": None, "partial": None})
+        entries = kept + list(current.get(key, []))
+        if entries:
+            merged[key] = sorted(entries, key=lambda entry: str(entry.get(name)))
+    merged["runs"] = {**runs, **current["runs"]}
+    return _count_runs(merged)
+
+
+def _count_runs(document: dict[str, Any]) -> dict[str, Any]:
+    """Each run's number of tests in the report; runs with no entry left are dropped."""
+    present = {entry.get("run") for key in _ENTRIES for entry in document.get(key, [])}
+    document["runs"] = {
+        name: {**info, "tests": sum(1 for entry in document.get("tests", []) if entry.get("run") == name)}
+        for name, info in document["runs"].items() if name in present or not document.get("tests")
+    }
+    return document
+
+
 def load_report_values(path: Path) -> dict[tuple[str, str], float]:
     """``(test, metric) -> current value`` of a JSON report; raises LlmperfError naming a bad file."""
     return {key: value for key, (value, _) in load_report(path).items()}
@@ -154,38 +199,22 @@ def load_report(path: Path) -> dict[tuple[str, str], tuple[float, list[float]]]:
         raise LlmperfError(f"{path}: not a pytest-llmperf JSON report ({error})") from None
 
 
-def load_run(path: Path, label: str) -> Run:
-    """A JSON report as ``compare`` reads it: values, the tolerance each gated metric had, stderr, fingerprints."""
-    from pytest_llmperf.errors import LlmperfError
-
-    values = load_report_values(path)  # (checks the file, naming it)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        run = Run(label, values, source=str(path))
-        for test in data["tests"]:
-            run.fingerprints[test["test"]] = dict(test.get("fingerprint") or {})
-            for metric in test["metrics"]:
-                key = (test["test"], metric["metric"])
-                if metric.get("tolerance"):
-                    run.tolerances[key] = str(metric["tolerance"]["text"])
-                if metric.get("stderr") is not None:
-                    run.stderr[key] = float(metric["stderr"])
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise LlmperfError(f"{path}: not a pytest-llmperf JSON report ({error})") from None
-    return run
-
-
-def worker_output(session: LlmperfSession) -> dict[str, Any]:
-    """What a pytest-xdist worker sends the controller (``config.workeroutput``): plain JSON."""
+def worker_output(session: LlmperfSession, run: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a pytest-xdist worker sends the controller (``config.workeroutput``): plain JSON; ``run``: which part
+    of the suite the worker's collection selected (``reports/files.run_selection``)."""
     return {
         "llmperf_outcomes": [outcome_to_json(outcome) for outcome in session.outcomes],
         "llmperf_stale": [str(path) for path in session.stale],
         "llmperf_scaling": [result.to_json() for result in session.scaling],
+        "llmperf_run": dict(run or {}),
     }
 
 
-def merge_worker_output(session: LlmperfSession, output: Mapping[str, Any]) -> None:
-    """Fold a finished worker's ``worker_output`` into the controller's session."""
+def merge_worker_output(session: LlmperfSession, output: Mapping[str, Any], run: dict[str, Any] | None = None) -> None:
+    """Fold a finished worker's ``worker_output`` into the controller's session (and ``run``: every worker
+    selects the same tests)."""
     session.outcomes.extend(outcome_from_json(entry) for entry in output.get("llmperf_outcomes", []))
     session.stale.update(Path(path) for path in output.get("llmperf_stale", []))
     session.scaling.extend(ScalingResult.from_json(entry) for entry in output.get("llmperf_scaling", []))
+    if run is not None:
+        run.update(output.get("llmperf_run", {}))
