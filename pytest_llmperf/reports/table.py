@@ -65,7 +65,7 @@ def render_table(outcomes: Sequence[CheckOutcome]) -> list[str]:
 _SPEED = ("completion_tok_s", "total_tok_s")
 
 
-_MEMORY = ("rss_peak_gib", "mem_max_gib")
+_MEMORY = ("engine_mem_gib", "rss_peak_gib", "mem_max_gib")
 
 
 _FIDELITY = ("kl_mean", "top1_agree")

@@ -12,7 +12,7 @@ benchmarks inference engineers gate on (the same shape as lm-eval's tasks, not t
 - ``llmperf_truthfulqa_mc2``: TruthfulQA-style questions with several true and several false answers; acc is
   the normalised probability mass on the true ones (as lm-eval's ``truthfulqa_mc2``).
 
-And two for the shipped trained model (``pytest_llmperf/addition.py``), on its 2,000 held-out questions (never
+And two for the shipped trained model (``pytest_llmperf/assets/addition.py``), on its 2,000 held-out questions (never
 trained on), enough that a few points of accuracy lie outside the standard error:
 
 - ``llmperf_addition``: ``"a+b="`` answered by generation, exact match of the sum.
