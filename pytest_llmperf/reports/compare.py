@@ -23,26 +23,34 @@ from pytest_llmperf.reports.table import align
 Key = tuple[str, str]
 
 
+@dataclass(frozen=True)
+class ReportedTest:
+    """What compare reads of one test in a report besides its metrics."""
+
+    fingerprint: dict[str, Any]
+    #: ``n_predict``, ``requests``...: a throughput measured on other work is another measurement.
+    workload: dict[str, Any]
+    #: ``passed``, ``regressed``, ``not judged``... (``-`` when the report has none).
+    status: str
+
+
 @dataclass
 class Run:
     """One JSON report, as compare reads it."""
 
     label: str
     values: dict[Key, float]
-    tolerances: dict[Key, str] = field(default_factory=dict)
-    stderr: dict[Key, float] = field(default_factory=dict)
-    fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The file the run was read from (named in errors); the label when it came from elsewhere.
     source: str = ""
-    #: Each test's workload (``workload`` of the report: ``n_predict``, ``requests``...) and status (``passed``,
-    #: ``regressed``, ``not judged``...).
-    workloads: dict[str, dict[str, Any]] = field(default_factory=dict)
-    statuses: dict[str, str] = field(default_factory=dict)
+    tolerances: dict[Key, str] = field(default_factory=dict)
+    stderr: dict[Key, float] = field(default_factory=dict)
+    #: Every test of the report (a test with no finite value too: its fingerprint is there).
+    entries: dict[str, ReportedTest] = field(default_factory=dict)
 
     @property
     def tests(self) -> set[str]:
         """The tests the run measured (a test with no finite value counts: its fingerprint is there)."""
-        return {test for test, _ in self.values} | set(self.fingerprints)
+        return {test for test, _ in self.values} | set(self.entries)
 
 
 def read_run(path: Path, label: str) -> Run:
@@ -54,9 +62,8 @@ def read_run(path: Path, label: str) -> Run:
     run = Run(label, load_report_values(path), source=str(path))  # (checks the file, naming it)
     try:
         for test in json.loads(path.read_text(encoding="utf-8"))["tests"]:
-            run.fingerprints[test["test"]] = dict(test.get("fingerprint") or {})
-            run.workloads[test["test"]] = dict(test.get("workload") or {})
-            run.statuses[test["test"]] = str(test.get("status") or "-")
+            run.entries[test["test"]] = ReportedTest(dict(test.get("fingerprint") or {}),
+                                                  dict(test.get("workload") or {}), str(test.get("status") or "-"))
             for metric in test["metrics"]:
                 key = (test["test"], metric["metric"])
                 if metric.get("tolerance"):
@@ -179,12 +186,13 @@ def compare_runs(runs: Sequence[Run]) -> tuple[list[str], list[str], list[str]]:
 def status_of(runs: Sequence[Run], test: str) -> str:
     """The test's status in each run, ``passed -> not judged`` (one word when every run agrees; ``-`` for a run
     without the test), and ``workload changed`` when a later run measured it with another workload."""
-    statuses = [run.statuses.get(test, "-") for run in runs]
+    statuses = [run.entries[test].status if test in run.entries else "-" for run in runs]
     if all(status == "-" for status in statuses):
         return ""
     text = statuses[0] if len(set(statuses)) == 1 else " -> ".join(statuses)
-    first = runs[0].workloads.get(test)
-    if first is not None and any(run.workloads.get(test, first) != first for run in runs[1:]):
+    first = runs[0].entries.get(test)
+    if first is not None and any(run.entries[test].workload != first.workload for run in runs[1:]
+                                 if test in run.entries):
         text += ", workload changed"
     return text
 
@@ -213,13 +221,16 @@ def _combined(a: float | None, b: float | None) -> float | None:
 def fingerprint_changes(before: Run, after: Run) -> list[str]:
     """What differs between the fingerprints of the tests both runs have; a change every such test shares is
     listed once, under "every test"."""
-    return _changes(before.fingerprints, after.fingerprints, lambda change: change)
+    return _changes({test: entry.fingerprint for test, entry in before.entries.items()},
+                    {test: entry.fingerprint for test, entry in after.entries.items()}, lambda change: change)
 
 
 def workload_changes(before: Run, after: Run) -> list[str]:
     """What differs between the workloads of the tests both runs have (``workload.n_predict 48 -> 192``), listed
     like the fingerprint's: a throughput measured on four times the tokens is another measurement."""
-    return _changes(before.workloads, after.workloads, lambda change: f"workload.{change}")
+    return _changes({test: entry.workload for test, entry in before.entries.items()},
+                    {test: entry.workload for test, entry in after.entries.items()},
+                    lambda change: f"workload.{change}")
 
 
 def _changes(before: Mapping[str, dict[str, Any]], after: Mapping[str, dict[str, Any]],
