@@ -109,7 +109,7 @@ def test_a_study_records_its_operating_point_then_reports_a_change(pytester: pyt
         "*metric*8*32*128*",
         "*operating point: n_ubatch=*: highest completion_tok_s (*) among points meeting rss_peak_gib <= 4 GiB*",
         "*operating point n_ubatch=* recorded in test_ubatch.study.json",
-        "*figures in *out: report-figures/test_sweep-test_ubatch-memory.png, *",
+        "*figures in *out: report-figures/test_sweep-test_ubatch-objective.png, *memory.png, *",
     ])
     stored = json.loads(study_file(pytester).read_text())
     (hardware, choice), = stored["choices"].items()
