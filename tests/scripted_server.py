@@ -57,6 +57,10 @@ class Handler(BaseHTTPRequestHandler):
         # ``basic`` guards completions only, so the launch's health check (no credentials) sees it up.
         if self.path == "/v1/models" and (MODE == "basic" or self._authorised()):
             self._json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+        elif self.path == "/health":  # like vLLM's: 200 with an empty body
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path != "/v1/models":
             self._json(404, {"error": "not found"})
 

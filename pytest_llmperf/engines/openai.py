@@ -230,11 +230,14 @@ class OpenAIEngine:
     def _where(self) -> str:
         return f"server {self._server.name} at {self.base_url}" if self._server else f"server at {self.base_url}"
 
-    def _http(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+    def _http(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0,
+              *, answer_is_json: bool = True) -> Any:
+        """The decoded JSON answer of ``method path`` (the raw bytes: ``answer_is_json=False``, for a health route
+        that answers 200 with an empty body, as vLLM's ``/health``)."""
         try:
             _, answer = http_request(self.base_url + path, method=method, body=body, headers=self._headers,
                                      timeout=timeout)
-            return json.loads(answer)
+            return json.loads(answer) if answer_is_json else answer
         except HttpStatus as error:
             message = f"{self._where()}: {method} {path} -> HTTP {error.status}: {error.detail}"
             if error.status in (401, 403):
@@ -252,7 +255,7 @@ class OpenAIEngine:
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
             try:
-                self._http("GET", self.health_path, timeout=5)
+                self._http("GET", self.health_path, timeout=5, answer_is_json=False)
                 return
             except HttpStatus as error:
                 if error.status in (401, 403, 404):  # up, and waiting will not change the answer
