@@ -147,3 +147,20 @@ def test_merge_keeps_what_the_partial_run_did_not_measure() -> None:
     # A run whose every entry was measured again leaves the report.
     third = stamp_run({"schema": 1, "tests": [{"test": "t::b", "v": 3}]}, "R3", ["-k 'b'"], finished="R3")
     assert set(merge_reports(merged, third)["runs"]) == {"not recorded", "R3"}
+
+
+def test_a_run_that_cannot_finish_writing_leaves_the_earlier_report_whole(suite: pytest.Pytester,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report is written atomically: when the write fails part-way (here the disk refuses to sync), the main
+    job's report is still there, byte for byte, and the session says why nothing new was written."""
+    _run(suite, "-m", "perf", "-p", "no:xdist").assert_outcomes(passed=2, warnings=2)
+    before = (suite.path / "out/llmperf.json").read_bytes()
+
+    def full_disk(descriptor: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full_disk)
+    result = _run(suite, "-m", "perf and not slow", "-p", "no:xdist")
+    result.stdout.fnmatch_lines(["*cannot write the llmperf report*No space left on device*"])
+    assert (suite.path / "out/llmperf.json").read_bytes() == before
+    assert not list((suite.path / "out").glob(".*.tmp"))

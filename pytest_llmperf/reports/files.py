@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_llmperf.core.baseline import write_atomically
 from pytest_llmperf.core.session import LlmperfSession
 from pytest_llmperf.reports.json_report import REPORT_SCHEMA, merge_reports, outcome_from_json, render_json, stamp_run
 from pytest_llmperf.reports.markdown import render_markdown
@@ -123,8 +124,9 @@ def write_reports(session: LlmperfSession, partial: Sequence[str] = ()) -> list[
         if earlier is not None:
             document = merge_reports(earlier, document)
             markdown_text = merged_markdown(session, document, run)
-        json_file.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        markdown_file.write_text(markdown_text, encoding="utf-8")
+        # atomic: a run killed while writing leaves the earlier report whole (a partial run merges into it)
+        write_atomically(json_file, json.dumps(document, indent=2, sort_keys=True) + "\n")
+        write_atomically(markdown_file, markdown_text)
         written += [json_file, markdown_file]
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
