@@ -195,12 +195,11 @@ def test_attach_by_url_uses_usage_when_the_server_sends_it(tmp_path: Path, monke
 
 
 def test_an_attached_servers_health_route_may_answer_an_empty_body() -> None:
-    """vLLM's ``/health`` answers 200 with no body: healthy at once, not a wait until the timeout."""
+    """vLLM's ``/health`` answers 200 with no body: healthy, not an undecodable answer retried until the start-up
+    timeout ends in an EngineError."""
     launched = scripted("ok")
     try:
-        started = time.monotonic()
-        engine = OpenAIEngine(base_url=launched.base_url, health_path="/health", startup_timeout_s=5)
-        assert time.monotonic() - started < 4
+        engine = OpenAIEngine(base_url=launched.base_url, health_path="/health", startup_timeout_s=2)
         assert engine.describe()["server"]["model"] == "scripted"
     finally:
         launched.close()
