@@ -60,6 +60,9 @@ def test_many_reasons_stay_a_few_lines() -> None:
     assert all(len(line) < 170 for line in lines)
     assert skip_lines([("t.py::test_long", "t.py::test_long: " + "word " * 60)])[1].endswith("...")
     assert skip_lines([]) == []
+    one_more = skip_lines(skipped[:MAX_SKIP_GROUPS + 1])  # a seventh reason is shown, not "1 other reasons"
+    assert len(one_more) == 1 + MAX_SKIP_GROUPS + 1 and "other reason" not in one_more[-1]
+    assert one_more[-1].startswith("  skipped 1: reason number 6 of its own kind")
 
 
 def test_a_busy_machine_reason_keeps_its_parentheses_whole() -> None:

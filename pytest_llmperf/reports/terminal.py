@@ -93,10 +93,11 @@ def skip_lines(skipped: Iterable[tuple[str, str]]) -> list[str]:
     count = sum(len(heads) for heads in groups.values())
     kinds = sorted(groups.values(), key=len, reverse=True)
     lines = [f"skipped: {count} perf test{'' if count == 1 else 's'} (pytest -rs lists each with its reason)"]
-    for heads in kinds[:MAX_SKIP_GROUPS]:
+    shown = len(kinds) if len(kinds) == MAX_SKIP_GROUPS + 1 else MAX_SKIP_GROUPS  # one more reason, not "1 other"
+    for heads in kinds[:shown]:
         varies = " (numbers vary)" if len(set(heads)) > 1 else ""
         lines.append(f"  skipped {len(heads)}: {heads[0]}{varies}")
-    rest = kinds[MAX_SKIP_GROUPS:]
+    rest = kinds[shown:]
     if rest:
         lines.append(f"  skipped {sum(len(heads) for heads in rest)}: {len(rest)} other reasons")
     return lines
