@@ -97,7 +97,9 @@ def try_write_reports(session: LlmperfSession, partial: Sequence[str] = ()) -> b
     try:
         write_reports(session, partial)
     except OSError as error:
-        session.errors.append(f"cannot write the llmperf report: {error}")
+        # errors without a file name (a refused fsync, a full disk) name the report they were writing
+        where = f" {report_paths(session.report)[0]}" if session.report is not None and not error.filename else ""
+        session.errors.append(f"cannot write the llmperf report{where}: {error}")
         return False
     return True
 
